@@ -552,6 +552,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+SDPA_NATIVE_GQA = True  # set by configure_attention: False where the chosen backend lacks enable_gqa
+
+
 class CausalSelfAttention(nn.Module):
     """GQA attention: per-head RMSNorm of q and k, RoPE, a learned per-head query gain, causal SDPA."""
 
@@ -575,8 +578,11 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # cuDNN SDPA takes no GQA flag
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.num_kv_heads != self.num_heads)
+                                           enable_gqa=self.num_kv_heads != self.num_heads and SDPA_NATIVE_GQA)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -844,6 +850,8 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     """Pick the SDPA backend on CUDA (the study enabled flash only); CPU uses PyTorch's choice."""
     if device.type != "cuda":
         return "sdpa:cpu-default"
+    global SDPA_NATIVE_GQA
+    SDPA_NATIVE_GQA = args.attn_backend != "cudnn"
     b = torch.backends.cuda
     want = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient", "math": "math"}
     if args.attn_backend == "auto":

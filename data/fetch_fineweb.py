@@ -149,14 +149,15 @@ def hf_downloader(out_dir: Path, repo_id: str = REPO_ID, revision: Optional[str]
     return download
 
 
-def _tokenizer_ok(path: Path) -> tuple[bool, str]:
+def _tokenizer_ok(path: Path, suffix: Optional[str] = None) -> tuple[bool, str]:
+    """(usable, description) of a tokenizer file; ``suffix`` names its kind when ``path`` is a temp name."""
     try:
         size = path.stat().st_size
     except OSError:
         return False, "missing"
     if size == 0:
         return False, "empty file"
-    if path.suffix == ".model":
+    if (suffix or path.suffix) == ".model":
         try:
             import sentencepiece as spm
         except ImportError:
@@ -241,7 +242,7 @@ def fetch(
                 raise FetchError(f"downloaded shard {rel} is invalid and was deleted: {e}") from e
             what = f"{count:,} tokens"
         else:
-            ok, what = _tokenizer_ok(part)
+            ok, what = _tokenizer_ok(part, local.suffix)
             if not ok:
                 part.unlink(missing_ok=True)
                 raise FetchError(f"downloaded tokenizer file {rel} is invalid and was deleted: {what}")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Hybrid: Gated DeltaNet + attention (train_gpt_gdn.py) at 8192, 16384 and 32768 in turn (each through
+# run_hybrid_long_context_single_h100.sh), then logs/summary_hybrid.md (+ .csv) and plots in logs/plots/hybrid/.
+#   usage: run_hybrid_all_long_context_single_h100.sh [8192|16384|32768 ...]
+# Settings as for the single launcher; a RUN_ID set here is a prefix: RUN_ID_seq<N> per run.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/launchers/common.sh"
+lc_all hybrid "$@"

@@ -1,0 +1,320 @@
+"""The hybrid's Gated DeltaNet pieces (train_gpt_gdn.py) against references written from SPEC.md.
+
+Tolerances: inputs are float64, but gated_delta_rule_chunked upcasts/downcasts to fp32 internally (it is the
+CPU training path and computes in fp32 by design), so it can only agree with a float64 recurrence to fp32
+rounding amplified by the chunk algebra (triangular solve, cumulative log decays): measured ~1e-7..5e-6 relative
+error here. The bound 1e-4 leaves a wide margin over that while still catching any real error in the algebra
+(a wrong decay, a missing term or an off-by-one gives errors of order 1e-2..1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import load_script
+
+gdn = load_script("train_gpt_gdn")
+TOL = 1e-4
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def recurrence(q, k, v, g, beta, scale):
+    """SPEC.md's step-by-step gated delta rule, per (batch, head):
+    S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T ;  o_t = scale S_t^T q_t."""
+    B, T, H, dk = q.shape
+    S = q.new_zeros(B, H, dk, v.shape[-1])
+    out = []
+    for t in range(T):
+        decayed = g[:, t].exp()[..., None, None] * S
+        kt = k[:, t]
+        err = v[:, t] - torch.einsum("bhkv,bhk->bhv", decayed, kt)
+        S = decayed + beta[:, t][..., None, None] * kt[..., :, None] * err[..., None, :]
+        out.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+    return torch.stack(out, dim=1)
+
+
+def make_inputs(seed, B, T, H, dk, dv, decay="normal"):
+    """Raw leaves (q, k, v, a, b) in float64 and per-head A_log, dt_bias as the mixer uses them."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k, v, a, b = r(B, T, H, dk), r(B, T, H, dk), r(B, T, H, dv), r(B, T, H), 2 * r(B, T, H)
+    if decay == "normal":  # the init's range: A_log = log U(1, 16), softplus(dt_bias) in [1e-3, 0.1]
+        A_log = torch.empty(H, dtype=torch.float64).uniform_(1, 16, generator=gen).log()
+        dt_bias = torch.empty(H, dtype=torch.float64).uniform_(-7, -2, generator=gen)
+    elif decay == "mixed":  # heads from almost no decay to fast decay
+        A_log = torch.linspace(-3, 2, H, dtype=torch.float64)
+        dt_bias = r(H)
+    else:  # "strong": per-step log decays down to ~ -30 (state forgotten within a token or two)
+        A_log = torch.full((H,), 1.5, dtype=torch.float64)
+        dt_bias = r(H) + 4.0
+    return [t.requires_grad_() for t in (q, k, v, a, b)], A_log, dt_bias
+
+
+def gdn_outputs(fn, leaves, A_log, dt_bias, seed, **kw):
+    """o and the gradients of <o, W> w.r.t. q, k, v, a, b, through l2_normalize, beta = 2 sigmoid(b) and
+    g = -exp(A_log) softplus(a + dt_bias)."""
+    q, k, v, a, b = leaves
+    g = -A_log.exp() * F.softplus(a + dt_bias)
+    beta = 2 * torch.sigmoid(b)
+    scale = q.shape[-1] ** -0.5
+    o = fn(gdn.l2_normalize(q), gdn.l2_normalize(k), v, g, beta, scale, **kw)
+    W = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 99), dtype=torch.float64)
+    grads = torch.autograd.grad((o * W).sum(), leaves)
+    return o.detach(), grads, g.detach()
+
+
+CASES = [  # (B, T, H, dk, dv, chunk, decay)
+    (2, 100, 2, 42, 84, 64, "normal"),  # the study's head dims, T not a multiple of the chunk
+    (1, 100, 3, 42, 84, 64, "mixed"),
+    (2, 37, 2, 4, 8, 16, "normal"),  # small head dims, 3 chunks with a ragged tail
+    (2, 37, 2, 8, 4, 16, "mixed"),  # dv < dk
+    (1, 130, 2, 16, 32, 64, "strong"),
+    (2, 50, 2, 42, 84, 64, "strong"),
+]
+
+
+@pytest.mark.parametrize("seed,B,T,H,dk,dv,chunk,decay", [(i, *c) for i, c in enumerate(CASES)])
+def test_chunked_matches_recurrence(seed, B, T, H, dk, dv, chunk, decay):
+    leaves, A_log, dt_bias = make_inputs(seed, B, T, H, dk, dv, decay)
+    o_ref, g_ref, g = gdn_outputs(recurrence, leaves, A_log, dt_bias, seed)
+    o, grads, _ = gdn_outputs(gdn.gated_delta_rule_chunked, leaves, A_log, dt_bias, seed, chunk_size=chunk)
+    if decay == "strong":
+        assert g.min() < -15  # the test really covers fast decay
+    assert o.dtype == torch.float64 and o.shape == (B, T, H, dv)
+    assert rel_err(o, o_ref) < TOL
+    for name, x, ref in zip("q k v a b".split(), grads, g_ref):
+        assert torch.isfinite(x).all(), name
+        if name == "a" and decay == "strong":
+            # The true decay gradient is tiny here; the chunked form's fp32 error on it scales with the other
+            # gradients (see test_decay_gradient_relative_precision_strong_decay): bound it against those.
+            err = (x - ref).norm() / max(ref.norm(), g_ref[2].norm())
+            assert err < TOL, (name, err)
+        else:
+            assert rel_err(x, ref) < TOL, (name, rel_err(x, ref))
+
+
+@pytest.mark.xfail(strict=True, reason="known fp32 cancellation in gated_delta_rule_chunked's diagonal decay "
+                   "terms (decay = exp(where(lower, G_t - G_s, -inf))): see the docstring; remove this marker once "
+                   "the diagonal is built as a constant (decay_strict + I)")
+@pytest.mark.parametrize("seed,B,T,H,dk,dv,chunk,decay", [(i, *c) for i, c in enumerate(CASES) if c[-1] == "strong"])
+def test_decay_gradient_relative_precision_strong_decay(seed, B, T, H, dk, dv, chunk, decay):
+    """Under fast decay (g ~ -15..-40 per step) the gradient w.r.t. the decay input is ~1e-6 of the others.
+    The chunk's decay matrix exp(G_t - G_s) has ones on its diagonal whatever G is, yet autograd sends +X and -X
+    (X ~ the O(1) gradient of those entries) to the same G_t; in fp32 they cancel only to ~1e-7 * X, and the
+    cumsum backward spreads that onto every earlier g of the chunk: ~5% relative error on da (measured), versus
+    ~1e-5 when the diagonal is a constant (decay = exp(where(strictly lower, G_t - G_s, -inf)) + I)."""
+    leaves, A_log, dt_bias = make_inputs(seed, B, T, H, dk, dv, decay)
+    _, g_ref, _ = gdn_outputs(recurrence, leaves, A_log, dt_bias, seed)
+    _, grads, _ = gdn_outputs(gdn.gated_delta_rule_chunked, leaves, A_log, dt_bias, seed, chunk_size=chunk)
+    assert rel_err(grads[3], g_ref[3]) < TOL
+
+
+def test_chunk_size_does_not_change_result():
+    leaves, A_log, dt_bias = make_inputs(5, 1, 70, 2, 12, 24, "mixed")
+    o16, _, _ = gdn_outputs(gdn.gated_delta_rule_chunked, leaves, A_log, dt_bias, 5, chunk_size=16)
+    o64, _, _ = gdn_outputs(gdn.gated_delta_rule_chunked, leaves, A_log, dt_bias, 5, chunk_size=64)
+    o128, _, _ = gdn_outputs(gdn.gated_delta_rule_chunked, leaves, A_log, dt_bias, 5, chunk_size=128)
+    assert rel_err(o16, o64) < TOL and rel_err(o128, o64) < TOL
+
+
+def test_extreme_decay_stays_finite():
+    """Log decays of -1e4 per step (exp underflows to 0 in fp32): the state is reset every step, so
+    o_t = scale * beta_t (k_t . q_t) v_t exactly, and nothing may overflow or turn into NaN."""
+    B, T, H, dk, dv = 1, 40, 2, 8, 16
+    gen = torch.Generator().manual_seed(3)
+    q = gdn.l2_normalize(torch.randn(B, T, H, dk, generator=gen, dtype=torch.float64))
+    k = gdn.l2_normalize(torch.randn(B, T, H, dk, generator=gen, dtype=torch.float64))
+    v = torch.randn(B, T, H, dv, generator=gen, dtype=torch.float64)
+    beta = 2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    g = torch.full((B, T, H), -1e4, dtype=torch.float64, requires_grad=True)
+    o = gdn.gated_delta_rule_chunked(q, k, v, g, beta, 0.5, chunk_size=16)
+    expected = 0.5 * beta[..., None] * (k * q).sum(-1, keepdim=True) * v
+    assert rel_err(o, expected) < TOL
+    (grad,) = torch.autograd.grad(o.sum(), g)
+    assert torch.isfinite(grad).all()
+
+
+def test_output_dtype_follows_v():
+    leaves, A_log, dt_bias = make_inputs(1, 1, 20, 2, 8, 8)
+    q, k, v, a, b = (t.detach().float() for t in leaves)
+    g = -A_log.float().exp() * F.softplus(a + dt_bias.float())
+    o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(q), gdn.l2_normalize(k), v.bfloat16(), g, torch.sigmoid(b),
+                                     0.3, chunk_size=8)
+    assert o.dtype == torch.bfloat16 and o.shape == (1, 20, 2, 8)
+
+
+def test_l2_normalize():
+    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    y = gdn.l2_normalize(x)
+    assert torch.allclose(y.norm(dim=-1), torch.ones(3, 5, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(y, x / x.norm(dim=-1, keepdim=True), rtol=1e-5)
+    assert torch.isfinite(gdn.l2_normalize(torch.zeros(2, 4))).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# causal_conv1d
+# ------------------------------------------------------------------------------------------------
+
+
+def conv_loop(x, w):
+    """y[b, t, c] = sum_j w[c, j] * x[b, t - (K - 1) + j, c], zero before the start (last tap = current)."""
+    B, T, C = x.shape
+    K = w.shape[1]
+    y = torch.zeros_like(x)
+    for t in range(T):
+        for j in range(K):
+            s = t - (K - 1) + j
+            if s >= 0:
+                y[:, t] += w[:, j] * x[:, s]
+    return y
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_causal_conv1d_matches_loop(K):
+    x = torch.randn(2, 11, 6, dtype=torch.float64)
+    w = torch.randn(6, K, dtype=torch.float64)
+    assert torch.allclose(gdn.causal_conv1d(x, w), conv_loop(x, w), rtol=1e-12, atol=1e-12)
+
+
+def test_causal_conv1d_is_causal():
+    x = torch.randn(1, 20, 5, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    y = gdn.causal_conv1d(x, w)
+    x2 = x.clone()
+    x2[:, 12:] += torch.randn(1, 8, 5, dtype=torch.float64)
+    y2 = gdn.causal_conv1d(x2, w)
+    assert torch.equal(y[:, :12], y2[:, :12])
+    assert not torch.allclose(y[:, 12:], y2[:, 12:])
+
+
+# ------------------------------------------------------------------------------------------------
+# The GatedDeltaNet module
+# ------------------------------------------------------------------------------------------------
+
+
+def small_args(monkeypatch, **env):
+    for k, v in dict(MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="4", GDN_LAYERS="0,1,3",
+                     **env).items():
+        monkeypatch.setenv(k, v)
+    return gdn.Hyperparameters()
+
+
+def test_gdn_dims_default(clean_env):
+    args = gdn.Hyperparameters()
+    assert gdn.gdn_dims(args) == (8, 42, 84)
+    assert gdn.parse_gdn_layers(args.gdn_layers_raw, args.num_layers) == [0, 1, 2, 4, 5, 6, 8]
+
+
+def test_module_forward_zero_init_and_shapes(clean_env):
+    args = small_args(clean_env)
+    torch.manual_seed(0)
+    m = gdn.GatedDeltaNet(args, impl="torch")
+    assert (m.heads, m.dk, m.dv) == (4, 12, 24)
+    x = torch.randn(2, 50, 64)
+    y = m(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.count_nonzero(m.o_proj.weight) == 0 and torch.count_nonzero(y) == 0
+    # Gradients still reach o_proj (and only through it while it is zero).
+    (y * torch.randn_like(y)).sum().backward()
+    assert m.o_proj.weight.grad is not None and m.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_module_init_ranges(clean_env):
+    args = gdn.Hyperparameters()  # the study's mixer: H=8
+    torch.manual_seed(1)
+    m = gdn.GatedDeltaNet(args, impl="torch")
+    A = m.A_log.detach().exp()
+    assert A.shape == (8,) and (A >= 1 - 1e-5).all() and (A <= 16 + 1e-4).all()
+    dt = F.softplus(m.dt_bias.detach())
+    assert dt.shape == (8,) and (dt >= 1e-3 * (1 - 1e-4)).all() and (dt <= 0.1 * (1 + 1e-4)).all()
+    assert torch.equal(m.o_norm_weight.detach(), torch.ones(84))
+    shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+    assert shapes == {
+        "q_proj.weight": (336, 448), "k_proj.weight": (336, 448), "v_proj.weight": (672, 448),
+        "gate_proj.weight": (672, 448), "a_proj.weight": (8, 448), "b_proj.weight": (8, 448),
+        "o_proj.weight": (448, 672), "q_conv": (336, 4), "k_conv": (336, 4), "v_conv": (672, 4),
+        "A_log": (8,), "dt_bias": (8,), "o_norm_weight": (84,)}
+
+
+def test_module_matches_spec_reference(clean_env):
+    """With a random (non-zero) out projection, the mixer equals SPEC.md's description computed in float64
+    with the step-by-step recurrence."""
+    args = small_args(clean_env)
+    torch.manual_seed(2)
+    m = gdn.GatedDeltaNet(args, impl="torch").double()
+    with torch.no_grad():
+        m.o_proj.weight.normal_(0, 0.1)
+        m.o_norm_weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 45, 64, dtype=torch.float64)
+    H, dk, dv = 4, 12, 24
+    B, T, _ = x.shape
+
+    def branch(proj, conv, d):
+        return F.silu(conv_loop(x @ proj.weight.T, conv)).reshape(B, T, H, d)
+
+    with torch.no_grad():
+        q, k, v = branch(m.q_proj, m.q_conv, dk), branch(m.k_proj, m.k_conv, dk), branch(m.v_proj, m.v_conv, dv)
+        beta = 2 * torch.sigmoid(x @ m.b_proj.weight.T)
+        g = -m.A_log.exp() * F.softplus(x @ m.a_proj.weight.T + m.dt_bias)
+        o = recurrence(q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True), v, g, beta, dk ** -0.5)
+        o = o / o.square().mean(-1, keepdim=True).add(torch.finfo(torch.float64).eps).sqrt() * m.o_norm_weight
+        o = o * F.silu(x @ m.gate_proj.weight.T).reshape(B, T, H, dv)
+        ref = o.reshape(B, T, H * dv) @ m.o_proj.weight.T
+        y = m(x)
+    assert rel_err(y, ref) < TOL
+
+
+def test_module_is_causal(clean_env):
+    args = small_args(clean_env)
+    torch.manual_seed(3)
+    m = gdn.GatedDeltaNet(args, impl="torch")
+    with torch.no_grad():
+        m.o_proj.weight.normal_(0, 0.1)
+    x = torch.randn(1, 80, 64)
+    x2 = x.clone()
+    x2[:, 70:] = torch.randn(1, 10, 64)
+    with torch.no_grad():
+        y, y2 = m(x), m(x2)
+    assert torch.allclose(y[:, :70], y2[:, :70], rtol=0, atol=1e-6)
+    assert not torch.allclose(y[:, 70:], y2[:, 70:], atol=1e-3)
+
+
+def test_make_mixer_places_gdn_layers(clean_env):
+    args = small_args(clean_env)
+    assert gdn.prepare_mixers(args, torch.device("cpu"))  # resolves GDN_IMPL=auto to torch on CPU
+    assert args.gdn_impl == "torch"
+    model = gdn.GPT(args)
+    kinds = [type(b.mixer).__name__ for b in model.blocks]
+    assert kinds == ["GatedDeltaNet", "GatedDeltaNet", "CausalSelfAttention", "GatedDeltaNet"]
+    assert all(b.mixer.impl == "torch" for b in model.blocks if hasattr(b.mixer, "impl"))
+
+
+def test_parse_gdn_layers():
+    assert gdn.parse_gdn_layers("", 9) == []
+    assert gdn.parse_gdn_layers(" 8, 0,1 ", 9) == [0, 1, 8]
+    for bad in ("9", "-1", "0,0", "a,b", "1;2"):
+        with pytest.raises(gdn.ConfigError, match="GDN_LAYERS"):
+            gdn.parse_gdn_layers(bad, 9)
+
+
+def test_hybrid_gpt_backward_is_finite(clean_env):
+    args = small_args(clean_env)
+    gdn.prepare_mixers(args, torch.device("cpu"))
+    torch.manual_seed(4)
+    model = gdn.GPT(args)
+    x = torch.randint(0, 1024, (2, 64))
+    loss = model(x, torch.roll(x, -1, 1))
+    assert abs(loss.item() - math.log(1024)) < 0.1  # tiny embedding init: near-uniform logits
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n

@@ -1,0 +1,179 @@
+"""GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
+delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
+inputs; then the whole GatedDeltaNet layer with impl=fla against impl=torch (same weights, bf16 autocast).
+Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
+
+    python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+gdn = importlib.import_module("train_gpt_gdn")
+
+TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
+TOL_FP32 = 1e-4  # our chunked fp32 form against the fp64 recurrence
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    if not torch.isfinite(x).all():
+        return float("inf")
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def recurrence(q, k, v, g, beta, scale):
+    """The SPEC's definition, one step at a time, float64."""
+    B, T, H, dk = q.shape
+    S = q.new_zeros(B, H, dk, v.shape[-1])
+    out = []
+    for t in range(T):
+        a = g[:, t].exp()[..., None, None]
+        kt, vt, bt = k[:, t], v[:, t], beta[:, t][..., None]
+        Sd = a * S
+        S = Sd + (bt * kt)[..., :, None] * (vt - torch.einsum("bhkv,bhk->bhv", Sd, kt))[..., None, :]
+        out.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+    return torch.stack(out, 1)
+
+
+def make_inputs(B, T, H, dk, dv, device, seed):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    q, k, v = r(B, T, H, dk), r(B, T, H, dk), r(B, T, H, dv)
+    b = r(B, T, H)
+    a = r(B, T, H)
+    A_log = torch.empty(H).uniform_(1, 16, generator=gen).log()
+    g = -A_log.exp() * F.softplus(a - 4.0)  # realistic decays, some strong
+    return [t.to(device) for t in (q, k, v, g, b)]
+
+
+def grads_of(fn, inputs, do):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    o = fn(*leaves)
+    o.backward(do)
+    return o.detach(), [t.grad.detach() for t in leaves]
+
+
+def check_op(B, T, H, dk, dv, with_recurrence, seed):
+    dev = torch.device("cuda")
+    q, k, v, g, b = make_inputs(B, T, H, dk, dv, dev, seed)
+    q, k, v = (t.bfloat16().float() for t in (q, k, v))  # the values FLA will see
+    scale = dk ** -0.5
+    do = torch.randn(B, T, H, dv, device=dev)
+
+    def ours(q, k, v, g, b):
+        return gdn.gated_delta_rule_chunked(gdn.l2_normalize(q), gdn.l2_normalize(k), v, g, 2 * torch.sigmoid(b), scale)
+
+    def fla(q, k, v, g, b):
+        return gdn.gated_delta_rule_fla(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, 2 * torch.sigmoid(b), scale).float()
+
+    o_ref, g_ref = grads_of(ours, (q, k, v, g, b), do)
+    o_fla, g_fla = grads_of(fla, (q, k, v, g, b), do)
+    rows = [("fla vs ours", "o", rel(o_fla, o_ref), TOL_BF16)]
+    rows += [("fla vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_fla, g_ref)]
+    if with_recurrence:
+        def rec(q, k, v, g, b):
+            return recurrence(gdn.l2_normalize(q), gdn.l2_normalize(k), v, g, 2 * torch.sigmoid(b), scale)
+        o64, g64 = grads_of(rec, [t.double() for t in (q, k, v, g, b)], do.double())
+        rows += [("ours vs fp64 recurrence", "o", rel(o_ref, o64), TOL_FP32)]
+        rows += [("ours vs fp64 recurrence", f"d{n}", rel(x, y), TOL_FP32) for n, x, y in zip("qkvgb", g_ref, g64)]
+        rows += [("fla vs fp64 recurrence", "o", rel(o_fla, o64), TOL_BF16)]
+        rows += [("fla vs fp64 recurrence", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_fla, g64)]
+    return rows
+
+
+def check_layer(B, T, seed):
+    """The whole GDN layer (projections, convs, gates, norm) under bf16 autocast: impl=fla vs impl=torch."""
+    import os
+    os.environ.setdefault("GDN_LAYERS", "0")
+    args = gdn.Hyperparameters()
+    torch.manual_seed(seed)
+    layer_t = gdn.GatedDeltaNet(args, impl="torch").cuda()
+    torch.nn.init.normal_(layer_t.o_proj.weight, std=0.02)  # zero-init would hide everything upstream
+    layer_f = gdn.GatedDeltaNet(args, impl="fla").cuda()
+    layer_f.load_state_dict(layer_t.state_dict())
+    x = torch.randn(B, T, args.model_dim, device="cuda")
+    do = torch.randn(B, T, args.model_dim, device="cuda")
+    outs = {}
+    for name, layer in (("torch", layer_t), ("fla", layer_f)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(xi)
+        y.float().backward(do)
+        outs[name] = (y.float(), xi.grad, {n: p.grad for n, p in layer.named_parameters()})
+    rows = [("layer fla vs torch", "out", rel(outs["fla"][0], outs["torch"][0]), TOL_BF16),
+            ("layer fla vs torch", "dx", rel(outs["fla"][1], outs["torch"][1]), TOL_BF16)]
+    rows += [("layer fla vs torch", f"d{n}", rel(outs["fla"][2][n], outs["torch"][2][n]), TOL_BF16)
+             for n in sorted(outs["torch"][2])]
+    return rows
+
+
+def time_op(B, T, H, dk, dv):
+    dev = torch.device("cuda")
+    q, k, v, g, b = make_inputs(B, T, H, dk, dv, dev, 0)
+    scale = dk ** -0.5
+    res = {}
+    for name, fn, dt in (("fla", gdn.gated_delta_rule_fla, torch.bfloat16), ("torch", None, torch.float32)):
+        qq, kk, vv = (t.to(dt).requires_grad_(True) for t in (q, k, v))
+        gg, bb = g.clone().requires_grad_(True), b.clone().requires_grad_(True)
+
+        def step():
+            if name == "fla":
+                o = fn(qq, kk, vv, gg, 2 * torch.sigmoid(bb), scale)
+            else:
+                o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
+                                                 2 * torch.sigmoid(bb), scale)
+            o.float().sum().backward()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        res[name] = (time.perf_counter() - t0) / 10 * 1000
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-lens", default="100,256,8192")
+    p.add_argument("--batch", type=int, default=2)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("error: this check needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import fla
+    import triton
+    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
+          f"fla:{fla.__version__} hopper_triton_issue:{gdn.triton_breaks_hopper_gdn(torch.device('cuda'))}")
+    rows = []
+    for i, T in enumerate(int(s) for s in a.seq_lens.split(",")):
+        for dk, dv in ((42, 84), (64, 128)):
+            rows += [(f"T={T} dk={dk} dv={dv} " + n, w, e, tol)
+                     for n, w, e, tol in check_op(a.batch, T, 8, dk, dv, with_recurrence=T <= 256, seed=10 + i)]
+    rows += [(f"T=1000 B=2 " + n, w, e, tol) for n, w, e, tol in check_layer(2, 1000, seed=99)]
+    failed = 0
+    for name, what, err, tol in rows:
+        ok = err <= tol
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:48s} {what:24s} rel_err={err:.2e} tol={tol:.0e}")
+    for B, T in ((6, 8192), (2, 32768)):
+        t = time_op(B, T, 8, 42, 84)
+        print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
+              f"ours(torch fp32) {t['torch']:.2f} ms")
+    print(f"gdn_check: {len(rows) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
