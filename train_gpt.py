@@ -144,7 +144,7 @@ class Hyperparameters:
         self.grad_clip_norm = env_float("GRAD_CLIP_NORM", 0.0, 0.0)
         # Execution.
         self.compile = env_choice("COMPILE", "auto", ("auto", "0", "1"))
-        self.attn_backend = env_choice("ATTN_BACKEND", "flash", ("flash", "cudnn", "efficient", "math", "auto"))
+        self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
         per = world_size * grad_accum_steps * self.train_seq_len
@@ -731,12 +731,13 @@ def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float, max_wallc
 
 def main() -> None:
     # Distributed and device setup, and every check of the input, before any long work.
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size < 1 or 8 % world_size != 0:
+    world_size = env_int("WORLD_SIZE", 1, 1)
+    rank = env_int("RANK", 0, 0, world_size - 1)
+    local_rank = env_int("LOCAL_RANK", 0, 0)
+    if 8 % world_size != 0:
         raise ConfigError(f"WORLD_SIZE={world_size}: expected a divisor of 8 (1, 2, 4 or 8 processes)")
+    # One process needs no process group: plain training, and no gloo/DDP teardown at exit (which can hang).
+    distributed = world_size > 1
     grad_accum_steps = 8 // world_size
     args = Hyperparameters()
     args.check_batch(world_size, grad_accum_steps)
@@ -919,6 +920,8 @@ def main() -> None:
         f"eval_time:{1000.0 * (time.perf_counter() - t_eval):.0f}ms")
     log(f"final_int8_zlib_roundtrip_exact val_loss:{q_loss:.8f} val_bpb:{q_bpb:.8f}")
     if distributed:
+        del model  # free DDP's reducer (and its pending work) before the process group goes
+        dist.barrier()
         dist.destroy_process_group()
 
 

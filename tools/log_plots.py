@@ -102,6 +102,6 @@ def write_plots(entries, groups, out_dir: Path) -> list[Path]:
         written.append(path)
         path = out_dir / "final_bpb_vs_seq_len.png"
         _against_seq(groups, "final_bpb", "final val_bpb (int8+zlib round trip, lower is better)",
-                     "Final score vs context (600 s budget)", path, 4)
+                     "Final score vs context (same wall-clock budget per run)", path, 4)
         written.append(path)
     return written

@@ -1,0 +1,184 @@
+"""Step-time benchmark: runs each training script's real training step (the script itself, as a subprocess:
+same code path as training) for a few steps after its own warm-up, on generated tokens, and reports per
+(model, seq len): ms/step at the study's batch size, tokens/s, model FLOPs utilisation against a stated peak,
+peak memory, and the attention and GDN implementations used. Writes a log of probe lines (one per result,
+read by tools/summarize_logs.py too) and a crossover plot under --out-dir.
+
+    python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
+
+Batch size: the SPEC presets (393216 tokens at 8k/16k and below, 524288 above 16k). MFU counts the matmul
+FLOPs of the model (6 x matrix parameters x tokens, causal attention 6 x T x width per token and attention layer,
+the chunked gated delta rule's matmuls per GDN layer) against --peak-tflops (default 989: the H100/H200 SXM dense
+bf16 datasheet figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.log_parser import parse_file  # noqa: E402
+
+SCRIPTS = {"baseline": "train_gpt.py", "hybrid": "train_gpt_gdn.py"}
+
+
+BATCH_OVERRIDE = 0  # --batch-tokens (for small smoke runs); 0 = the study's presets
+
+
+def batch_tokens_for(seq_len: int) -> int:
+    if BATCH_OVERRIDE:
+        return BATCH_OVERRIDE
+    return 393216 if seq_len <= 16384 else 524288
+
+
+def model_flops_per_token(model: str, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward), matmuls only, default shapes."""
+    vocab, layers = 1024, 9
+    if model == "baseline":
+        dim, attn_layers, gdn_layers = 512, 9, 0
+    else:
+        dim, attn_layers, gdn_layers = 448, 2, 7
+    kv = dim // 2
+    attn_params = dim * dim * 2 + dim * kv * 2
+    mlp_params = 2 * dim * 2 * dim
+    H, dk, dv, C = 8, round(dim / 8 * 0.75), round(round(dim / 8 * 0.75) * 2.0), 64
+    gdn_params = dim * H * dk * 2 + dim * H * dv * 2 + dim * H * 2 + H * dv * dim
+    matrix = layers * mlp_params + attn_layers * attn_params + gdn_layers * gdn_params + vocab * dim  # + head
+    fwd = 2 * matrix
+    fwd += attn_layers * 2 * seq_len * dim  # causal QK^T and PV: 4 T dim per token, halved by the mask
+    # chunked GDN per token and head: K K^T, Q K^T (C dk each), P U (C dv), W S / Q S / K^T U (3 dk dv)
+    fwd += gdn_layers * H * 2 * (2 * C * dk + C * dv + 3 * dk * dv)
+    return 3.0 * fwd
+
+
+def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict:
+    run_id = f"bench_{model}_seq{seq_len}_{int(time.time())}"
+    env = dict(os.environ, DATA_PATH=a.data, TOKENIZER_PATH=a.tokenizer, RUN_ID=run_id,
+               TRAIN_SEQ_LEN=str(seq_len), TRAIN_BATCH_TOKENS=str(batch_tokens_for(seq_len)),
+               ITERATIONS=str(a.steps), WARMUP_STEPS=str(a.warmup), TRAIN_LOG_EVERY="1", VAL_LOSS_EVERY="0",
+               VAL_MAX_TOKENS=str(seq_len), MAX_WALLCLOCK_SECONDS="0", OUTPUT_DIR=str(work / run_id),
+               PYTHONUNBUFFERED="1")
+    if a.attn_backend:
+        env["ATTN_BACKEND"] = a.attn_backend
+    proc = subprocess.run([sys.executable, str(ROOT / SCRIPTS[model])], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=a.timeout)
+    log = work / "logs" / f"{run_id}.txt"
+    if proc.returncode != 0 or not log.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{model} seq {seq_len}: exit {proc.returncode}: {' | '.join(tail)}")
+    run = parse_file(log).runs[-1]
+    times = [p.train_time_ms for p in run.train]
+    skip = min(2, len(times) - 2)  # the first steps after warm-up still settle
+    ms = statistics.median([b - a_ for a_, b in zip(times[skip:], times[skip + 1:])])
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
+    gdn = next((ln.split(":", 1)[1].split()[0] for ln in text if ln.startswith("gdn_impl:")), "-")
+    tokens = batch_tokens_for(seq_len)
+    tok_s = tokens / (ms / 1000.0)
+    return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
+                mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
+                peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
+                torch=run.torch or "unknown", attn=attn, gdn=gdn)
+
+
+def probe_line(r: dict) -> str:
+    return (f"probe model:{r['model']} seq_len:{r['seq_len']} batch_tokens:{r['batch_tokens']} "
+            f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
+            f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for model in sorted({r["model"] for r in results}):
+        pts = sorted((r["seq_len"], r["ms"]) for r in results if r["model"] == model)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("ms per training step")
+    ax.set_title(f"Step time vs context ({results[0]['card']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="baseline,hybrid")
+    p.add_argument("--seq-lens", default="8192,16384,32768")
+    p.add_argument("--steps", type=int, default=12, help="measured steps (after the script's warm-up)")
+    p.add_argument("--warmup", type=int, default=3, help="WARMUP_STEPS passed to the script")
+    p.add_argument("--attn-backend", default="", help="ATTN_BACKEND for the scripts (default: the script's)")
+    p.add_argument("--data", default="data/datasets/synthetic_sp1024", help="dataset folder (generated if absent)")
+    p.add_argument("--tokenizer", default="data/tokenizers/fineweb_1024_bpe.model")
+    p.add_argument("--batch-tokens", type=int, default=0, help="override the presets (smoke runs on CPU)")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--out-dir", default="logs_experiment")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    a = p.parse_args(argv)
+    models = [m for m in a.models.split(",") if m]
+    bad = [m for m in models if m not in SCRIPTS]
+    if bad:
+        p.error(f"--models: unknown {bad}, expected baseline and/or hybrid")
+    try:
+        seq_lens = [int(s) for s in a.seq_lens.split(",") if s]
+    except ValueError:
+        p.error(f"--seq-lens {a.seq_lens!r}: expected comma-separated integers")
+    if a.steps < 4:
+        p.error("--steps: expected at least 4")
+    global BATCH_OVERRIDE
+    BATCH_OVERRIDE = a.batch_tokens
+    a.data, a.tokenizer = str(Path(a.data).resolve()), str(Path(a.tokenizer).resolve())
+    if not Path(a.tokenizer).is_file():
+        p.error(f"--tokenizer {a.tokenizer}: no such file")
+    if not list(Path(a.data).glob("*_train_*.bin")):
+        subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", a.data,
+                        "--train-tokens", "40000000", "--val-tokens", "2000000"], check=True)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    log_path = out / f"bench_step_time_{stamp}.txt"
+    work = Path(os.environ.get("BENCH_WORKDIR", "/tmp/bench_step_time"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"bench_step_time {stamp} models:{a.models} seq_lens:{a.seq_lens} steps:{a.steps} "
+                  f"warmup:{a.warmup} attn_backend:{a.attn_backend or 'script default'} data:{a.data} "
+                  f"peak_tflops:{a.peak_tflops}\n")
+        for model in models:
+            for seq in seq_lens:
+                try:
+                    r = run_one(model, seq, a, work)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    msg = f"probe_failed model:{model} seq_len:{seq} reason:{e}"
+                    print(msg, flush=True)
+                    log.write(msg + "\n")
+                    log.flush()
+                    continue
+                results.append(r)
+                print(probe_line(r), flush=True)
+                log.write(probe_line(r) + "\n")
+                log.flush()
+    if results:
+        plot(results, out / f"bench_step_time_{stamp}.png")
+    print(f"\n| model | seq len | ms/step | tokens/s | MFU | peak MiB | attention | gdn |\n|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['seq_len']} | {r['ms']:.1f} | {r['tok_s']:.0f} | {r['mfu']:.3f} | {r['peak']} "
+              f"| {r['attn']} | {r['gdn']} |")
+    print(f"log: {log_path}")
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
