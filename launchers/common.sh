@@ -12,7 +12,7 @@
 #   DRY_RUN=1              print the settings and the command, check/fetch no data, run nothing
 #   DATASET=auto|fineweb|pydocs   auto: FineWeb, fetched if absent, else the offline pydocs dataset (loudly);
 #                          fineweb: no fallback; pydocs: the offline dataset without trying the network
-#   FINEWEB_TRAIN_SHARDS=N train shards fetch_fineweb.py downloads when FineWeb is absent (GPU 4, CPU 1)
+#   FINEWEB_TRAIN_SHARDS=N train shards fetch_fineweb.py downloads when FineWeb is absent (GPU 6, CPU 1: a 600 s 8k baseline run at our ~436 ms/step on an H200 reads ~540M tokens)
 #   CPU_SEQ_DIVISOR=16     CPU profile: TRAIN_SEQ_LEN = SEQ / this (8192/16384/32768 -> 512/1024/2048)
 #   RUN_ID_SUFFIX=_x       appended to the default RUN_ID (run_study.sh uses it to keep each study's logs apart)
 
@@ -216,7 +216,7 @@ lc_ensure_data() {
     if [[ "$mode" == pydocs ]]; then
         why="DATASET=pydocs was asked for"
     else
-        local shards=${FINEWEB_TRAIN_SHARDS:-$([[ "$PROFILE" == gpu ]] && echo 4 || echo 1)}
+        local shards=${FINEWEB_TRAIN_SHARDS:-$([[ "$PROFILE" == gpu ]] && echo 6 || echo 1)}
         lc_note "FineWeb sp1024 is not in $LC_FINEWEB_DATA: fetching it (python3 data/fetch_fineweb.py --train-shards $shards)"
         python3 data/fetch_fineweb.py --train-shards "$shards" || rc=$?
         if [[ $rc -eq 0 ]] && lc_have_data "$LC_FINEWEB_DATA" "$LC_FINEWEB_TOKENIZER"; then

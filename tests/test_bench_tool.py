@@ -1,0 +1,51 @@
+"""tools/bench_step_time.py: FLOP model and a tiny end-to-end run on CPU whose probe lines the log tool reads."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools import bench_step_time as bench  # noqa: E402
+from tools.log_parser import parse_file  # noqa: E402
+
+TOKENIZER = ROOT.parent / "shared" / "data" / "fineweb_1024_bpe.model"
+
+
+def test_flop_model_counts_matmuls_and_attention():
+    # Baseline matrix params (blocks + tied head) give 6 * N per token; attention adds 6 * T * dim per layer.
+    n_matrix = 9 * (512 * 512 * 2 + 512 * 256 * 2 + 2 * 512 * 1024) + 1024 * 512
+    assert bench.model_flops_per_token("baseline", 1) == pytest.approx(3 * (2 * n_matrix + 9 * 2 * 512))
+    for model in ("baseline", "hybrid"):
+        assert bench.model_flops_per_token(model, 32768) > bench.model_flops_per_token(model, 8192)
+    # Attention is quadratic, the hybrid's GDN linear: the hybrid grows far less with context.
+    growth = {m: bench.model_flops_per_token(m, 32768) / bench.model_flops_per_token(m, 8192)
+              for m in ("baseline", "hybrid")}
+    assert growth["hybrid"] < growth["baseline"]
+
+
+def test_bad_arguments_fail_with_a_message(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools/bench_step_time.py"), "--models", "gpt5"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--models" in r.stderr
+
+
+@pytest.mark.skipif(not TOKENIZER.is_file(), reason="needs ../shared/data/fineweb_1024_bpe.model")
+def test_tiny_cpu_run_writes_probe_lines(tmp_path):
+    env = dict(os.environ, MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", COMPILE="0", OMP_NUM_THREADS="1",
+               BENCH_WORKDIR=str(tmp_path / "work"))
+    r = subprocess.run([sys.executable, str(ROOT / "tools/bench_step_time.py"), "--models", "baseline",
+                        "--seq-lens", "128", "--steps", "4", "--warmup", "1", "--batch-tokens", "8192",
+                        "--data", str(tmp_path / "data"), "--tokenizer", str(TOKENIZER),
+                        "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logs = list((tmp_path / "out").glob("bench_step_time_*.txt"))
+    assert len(logs) == 1 and list((tmp_path / "out").glob("*.png"))
+    probes = parse_file(logs[0]).probes
+    assert len(probes) == 1
+    p = probes[0]
+    assert (p.model, p.seq_len, p.batch_tokens, p.card) == ("baseline", 128, 8192, "cpu")
+    assert p.ms_per_step > 0 and p.tokens_per_s == pytest.approx(8192 / (p.ms_per_step / 1000), rel=0.01)
