@@ -174,20 +174,22 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) ->
     the coefficients trade exactness for speed, as in the Muon recipe."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16() if G.is_cuda else G.float()
-    X = X / (X.norm() + eps)
-    transposed = X.size(0) > X.size(1)
-    if transposed:  # iterate on the wide orientation: X @ X.T is then the small Gram matrix
-        X = X.T
+    # G may be a stack (..., rows, cols) of same-shaped matrices: each is normalised and iterated on its own.
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:  # iterate on the wide orientation: X @ X^T is then the small Gram matrix
+        X = X.mT
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.mT if transposed else X
 
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum whose update is orthogonalised per matrix. With several ranks each rank
-    orthogonalises every world_size-th matrix and the updates are summed with one all-reduce."""
+    orthogonalises every world_size-th matrix and the updates are summed with one all-reduce. Matrices of one
+    shape go through Newton-Schulz as one batch (the same math per matrix, far fewer kernel launches)."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
@@ -204,27 +206,31 @@ class Muon(torch.optim.Optimizer):
             total = sum(p.numel() for p in params)
             flat = torch.zeros(total, device=params[0].device,
                                dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
-            offset = 0
+            offsets = [0]
+            for p in params:
+                offsets.append(offsets[-1] + p.numel())
+            by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
-                    g = p.grad
+                    by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idx in by_shape.items():
+                updates = []
+                for i in idx:
+                    p = params[i]
                     state = self.state[p]
                     if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
                     buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(g)
-                    if group["nesterov"]:
-                        g = g.add(buf, alpha=group["momentum"])
-                    g = zeropower_via_newtonschulz5(g, steps=group["backend_steps"])
-                    g = g * max(1.0, g.size(0) / g.size(1)) ** 0.5
-                    flat[offset:offset + p.numel()] = g.reshape(-1)
-                offset += p.numel()
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    updates.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+                g = zeropower_via_newtonschulz5(torch.stack(updates), steps=group["backend_steps"])
+                g = g * max(1.0, shape[0] / shape[1]) ** 0.5
+                for j, i in enumerate(idx):
+                    flat[offsets[i]:offsets[i + 1]] = g[j].reshape(-1)
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+            for i, p in enumerate(params):
+                p.add_(flat[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 # Tensors that steer the residual stream or a mixer's dynamics rather than map features: trained with Adam at
@@ -567,14 +573,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        q = self.c_q(x).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        # One matmul for q|k|v; the weights stay three matrices (Muon orthogonalises each one on its own).
+        w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight)).to(x.dtype)
+        q, k, v = F.linear(x, w).split((C, self.c_k.out_features, self.c_v.out_features), dim=-1)
+        q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # cuDNN SDPA takes no GQA flag
+        if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # the backend takes no GQA flag
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -661,7 +670,6 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     if device.type != "cuda":
         return "sdpa:cpu-default"
     global SDPA_NATIVE_GQA
-    SDPA_NATIVE_GQA = args.attn_backend != "cudnn"
     b = torch.backends.cuda
     want = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient", "math": "math"}
     if args.attn_backend == "auto":
@@ -672,9 +680,20 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     b.enable_cudnn_sdp(enabled["cudnn"])
     b.enable_mem_efficient_sdp(enabled["mem_efficient"])
     b.enable_math_sdp(enabled["math"])
+    # Older PyTorch builds have no GQA in cuDNN's SDPA: probe once (forward and backward, the model's head
+    # shapes) and expand K/V to all heads only where the backend refuses enable_gqa.
+    head_dim = args.model_dim // args.num_heads
+    q = torch.randn(1, args.num_heads, 128, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(1, args.num_kv_heads, 128, head_dim, device=device, dtype=torch.bfloat16)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True).sum().backward()
+        SDPA_NATIVE_GQA = True
+    except RuntimeError:
+        SDPA_NATIVE_GQA = False
     return "sdp_backends:" + " ".join(f"{k}={v}" for k, v in
                                       (("cudnn", enabled["cudnn"]), ("flash", enabled["flash"]),
-                                       ("mem_efficient", enabled["mem_efficient"]), ("math", enabled["math"])))
+                                       ("mem_efficient", enabled["mem_efficient"]), ("math", enabled["math"]))) + \
+        f" gqa:{'native' if SDPA_NATIVE_GQA else 'expanded_kv'}"
 
 
 class Logger:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import glob
+import inspect
 import io
 import math
 import os
@@ -178,20 +179,22 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) ->
     the coefficients trade exactness for speed, as in the Muon recipe."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16() if G.is_cuda else G.float()
-    X = X / (X.norm() + eps)
-    transposed = X.size(0) > X.size(1)
-    if transposed:  # iterate on the wide orientation: X @ X.T is then the small Gram matrix
-        X = X.T
+    # G may be a stack (..., rows, cols) of same-shaped matrices: each is normalised and iterated on its own.
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:  # iterate on the wide orientation: X @ X^T is then the small Gram matrix
+        X = X.mT
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.mT if transposed else X
 
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum whose update is orthogonalised per matrix. With several ranks each rank
-    orthogonalises every world_size-th matrix and the updates are summed with one all-reduce."""
+    orthogonalises every world_size-th matrix and the updates are summed with one all-reduce. Matrices of one
+    shape go through Newton-Schulz as one batch (the same math per matrix, far fewer kernel launches)."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
@@ -208,27 +211,31 @@ class Muon(torch.optim.Optimizer):
             total = sum(p.numel() for p in params)
             flat = torch.zeros(total, device=params[0].device,
                                dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
-            offset = 0
+            offsets = [0]
+            for p in params:
+                offsets.append(offsets[-1] + p.numel())
+            by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
-                    g = p.grad
+                    by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idx in by_shape.items():
+                updates = []
+                for i in idx:
+                    p = params[i]
                     state = self.state[p]
                     if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
                     buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(g)
-                    if group["nesterov"]:
-                        g = g.add(buf, alpha=group["momentum"])
-                    g = zeropower_via_newtonschulz5(g, steps=group["backend_steps"])
-                    g = g * max(1.0, g.size(0) / g.size(1)) ** 0.5
-                    flat[offset:offset + p.numel()] = g.reshape(-1)
-                offset += p.numel()
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    updates.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+                g = zeropower_via_newtonschulz5(torch.stack(updates), steps=group["backend_steps"])
+                g = g * max(1.0, shape[0] / shape[1]) ** 0.5
+                for j, i in enumerate(idx):
+                    flat[offsets[i]:offsets[i + 1]] = g[j].reshape(-1)
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+            for i, p in enumerate(params):
+                p.add_(flat[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 # Tensors that steer the residual stream or a mixer's dynamics rather than map features: trained with Adam at
@@ -571,14 +578,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        q = self.c_q(x).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        # One matmul for q|k|v; the weights stay three matrices (Muon orthogonalises each one on its own).
+        w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight)).to(x.dtype)
+        q, k, v = F.linear(x, w).split((C, self.c_k.out_features, self.c_v.out_features), dim=-1)
+        q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # cuDNN SDPA takes no GQA flag
+        if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # the backend takes no GQA flag
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -674,7 +684,9 @@ def gdn_dims(args: Hyperparameters) -> tuple[int, int, int]:
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    return x * torch.rsqrt(x.float().square().sum(-1, keepdim=True) + eps).to(x.dtype)
+    """x / sqrt(|x|^2 + eps) over the last dim, computed in (at least) fp32, as FLA's l2norm kernel."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def gated_delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
@@ -724,21 +736,92 @@ def gated_delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: T
     return o.to(out_dtype)
 
 
-@torch.compiler.disable  # FLA's Triton/TileLang kernels run outside the compiled graph
-def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
+def fla_gated_delta_rule_public(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
+    """FLA's public op (an autograd.Function marked torch.compiler.disable: the compiled graph breaks at it).
+    q and k already L2-normalised; beta already in (0, 2) (fla-core 0.6.0 takes it so with allow_neg_eigval off)."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    # fla-core 0.6.0 API: beta is passed already in (0, 2) with allow_neg_eigval off (the old call with
-    # allow_neg_eigval=True and a ready beta now raises); q/k L2-normalised in the kernel.
-    o, _ = chunk_gated_delta_rule(q, k, v, g.float(), beta.to(q.dtype), scale=scale,
-                                  use_qk_l2norm_in_kernel=True)
+    o, _ = chunk_gated_delta_rule(q, k, v, g, beta, scale=scale)
     return o
 
 
-def causal_conv1d(x: Tensor, weight: Tensor) -> Tensor:
-    """Depthwise causal convolution over time. x (B, T, C), weight (C, K)."""
-    K = weight.size(1)
-    y = F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), weight.to(x.dtype).unsqueeze(1), groups=x.size(-1))
-    return y.transpose(1, 2)
+def register_fla_gdn_op() -> str | None:
+    """Register FLA's chunked gated delta rule (its forward and backward functions) as a torch custom op, so
+    that torch.compile traces the whole model as one graph. Returns None when done, else why not (then the
+    public op runs, with one graph break per GDN layer)."""
+    global GDN_OP
+    try:
+        from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
+        params = inspect.signature(chunk_gated_delta_rule_bwd).parameters
+        if not {"q", "k", "v", "g", "beta", "A", "scale", "initial_state", "do", "dht"} <= set(params):
+            return "fla's chunk_gated_delta_rule_bwd has another signature"
+    except Exception as e:  # another fla-core version
+        return f"{type(e).__name__}: {e}"
+    if GDN_OP is not None:
+        return None
+
+    @torch.library.custom_op("gdn_repro::chunk_gdr_fwd", mutates_args=())
+    def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
+        g_cum, o, A, _, _, _ = chunk_gated_delta_rule_fwd(q=q, k=k, v=v, g=g, beta=beta, scale=scale,
+                                                          initial_state=None, output_final_state=False)
+        return o.to(q.dtype), A, g_cum  # A: the chunks' solved (I + A)^-1; g_cum: chunk-local cumulative log2 decay
+
+    @fwd.register_fake
+    def _(q, k, v, g, beta, scale):
+        B, T, H, _ = k.shape
+        return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, 64),
+                g.new_empty(B, T, H, dtype=torch.float32))
+
+    @torch.library.custom_op("gdn_repro::chunk_gdr_bwd", mutates_args=())
+    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, do: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
+        dq, dk, dv, db, dg, _, _, _ = chunk_gated_delta_rule_bwd(q=q, k=k, v=v, g=g_cum, beta=beta, A=A,
+                                                                 scale=scale, initial_state=None, do=do, dht=None)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype)
+
+    @bwd.register_fake
+    def _(q, k, v, g_cum, beta, A, do, scale):
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
+                torch.empty_like(beta))
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, g, beta, scale = inputs
+        _, A, g_cum = output
+        ctx.save_for_backward(q, k, v, g_cum, beta, A)
+        ctx.scale = scale
+
+    def backward(ctx, do, dA, dg_cum):
+        q, k, v, g_cum, beta, A = ctx.saved_tensors
+        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, do, ctx.scale)
+        return dq, dk, dv, dg, db, None
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    GDN_OP = fwd
+    return None
+
+
+GDN_OP = None  # the custom op, once registered (CUDA with fla-core 0.6.x)
+
+
+def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
+    """FLA's chunked kernels; q and k already L2-normalised, g (log decay) fp32, beta in (0, 2)."""
+    if GDN_OP is not None:
+        return GDN_OP(q, k, v, g, beta.to(q.dtype), scale)[0]
+    return torch.compiler.disable(fla_gated_delta_rule_public)(q, k, v, g, beta.to(q.dtype), scale)
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
+    """SiLU of a depthwise causal convolution over time, x (B, T, C), weight (C, K): a sum of K shifted copies
+    of x in (at least) fp32, weights rounded to x's dtype as in a bf16 conv; torch.compile fuses it into one kernel."""
+    K, T = weight.size(1), x.size(1)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xp = F.pad(x, (0, 0, K - 1, 0)).to(acc)
+    w = weight.to(x.dtype).to(acc)
+    y = xp[:, :T] * w[:, 0]
+    for j in range(1, K):
+        y = y + xp[:, j:j + T] * w[:, j]
+    return F.silu(y).to(x.dtype)
 
 
 class GatedDeltaNet(nn.Module):
@@ -768,17 +851,21 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, dk, dv = self.heads, self.dk, self.dv
-        q = F.silu(causal_conv1d(self.q_proj(x), self.q_conv)).reshape(B, T, H, dk)
-        k = F.silu(causal_conv1d(self.k_proj(x), self.k_conv)).reshape(B, T, H, dk)
-        v = F.silu(causal_conv1d(self.v_proj(x), self.v_conv)).reshape(B, T, H, dv)
-        beta = 2.0 * torch.sigmoid(self.b_proj(x).float())
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        if self.impl == "fla":
-            o = gated_delta_rule_fla(q, k, v, g, beta, dk ** -0.5)
-        else:
-            o = gated_delta_rule_chunked(l2_normalize(q), l2_normalize(k), v, g, beta, dk ** -0.5)
+        kd, vd = H * dk, H * dv
+        # One matmul for q|k|v|gate|a|b and one conv for q|k|v; parameters stay separate (Muon: per matrix).
+        w = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.a_proj,
+                                          self.b_proj)]).to(x.dtype)
+        qkv, gate, a, b = F.linear(x, w).split((2 * kd + vd, vd, H, H), dim=-1)
+        qkv = causal_conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)))
+        q, k, v = qkv.split((kd, kd, vd), dim=-1)
+        q, k = l2_normalize(q.reshape(B, T, H, dk)), l2_normalize(k.reshape(B, T, H, dk))
+        v = v.reshape(B, T, H, dv)
+        beta = 2.0 * torch.sigmoid(b.float())
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+        rule = gated_delta_rule_fla if self.impl == "fla" else gated_delta_rule_chunked
+        o = rule(q, k, v, g, beta, dk ** -0.5)
         o = rms_norm(o) * self.o_norm_weight.to(o.dtype)
-        o = o * F.silu(self.gate_proj(x)).reshape(B, T, H, dv)
+        o = o * F.silu(gate).reshape(B, T, H, dv)
         return self.o_proj(o.reshape(B, T, H * dv))
 
 
@@ -830,6 +917,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     ) from None
                 note += f" (TileLang backward: {broken} is in the broken range)"
             want = "fla"
+            why = register_fla_gdn_op()
+            note += " as one torch custom op (whole-model compile graph)" if why is None else \
+                f" (public op, graph breaks: custom op not registered: {why})"
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"
@@ -852,7 +942,6 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     if device.type != "cuda":
         return "sdpa:cpu-default"
     global SDPA_NATIVE_GQA
-    SDPA_NATIVE_GQA = args.attn_backend != "cudnn"
     b = torch.backends.cuda
     want = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient", "math": "math"}
     if args.attn_backend == "auto":
@@ -863,9 +952,20 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     b.enable_cudnn_sdp(enabled["cudnn"])
     b.enable_mem_efficient_sdp(enabled["mem_efficient"])
     b.enable_math_sdp(enabled["math"])
+    # Older PyTorch builds have no GQA in cuDNN's SDPA: probe once (forward and backward, the model's head
+    # shapes) and expand K/V to all heads only where the backend refuses enable_gqa.
+    head_dim = args.model_dim // args.num_heads
+    q = torch.randn(1, args.num_heads, 128, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(1, args.num_kv_heads, 128, head_dim, device=device, dtype=torch.bfloat16)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True).sum().backward()
+        SDPA_NATIVE_GQA = True
+    except RuntimeError:
+        SDPA_NATIVE_GQA = False
     return "sdp_backends:" + " ".join(f"{k}={v}" for k, v in
                                       (("cudnn", enabled["cudnn"]), ("flash", enabled["flash"]),
-                                       ("mem_efficient", enabled["mem_efficient"]), ("math", enabled["math"])))
+                                       ("mem_efficient", enabled["mem_efficient"]), ("math", enabled["math"]))) + \
+        f" gqa:{'native' if SDPA_NATIVE_GQA else 'expanded_kv'}"
 
 
 class Logger:

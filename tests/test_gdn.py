@@ -178,19 +178,38 @@ def conv_loop(x, w):
 
 
 @pytest.mark.parametrize("K", [1, 2, 4])
-def test_causal_conv1d_matches_loop(K):
+def test_causal_conv1d_silu_matches_loop(K):
     x = torch.randn(2, 11, 6, dtype=torch.float64)
     w = torch.randn(6, K, dtype=torch.float64)
-    assert torch.allclose(gdn.causal_conv1d(x, w), conv_loop(x, w), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gdn.causal_conv1d_silu(x, w), F.silu(conv_loop(x, w)), rtol=1e-12, atol=1e-12)
 
 
-def test_causal_conv1d_is_causal():
+def test_causal_conv1d_silu_matches_bf16_conv():
+    """In bf16 (the CUDA dtype) the fused form equals a bf16 depthwise F.conv1d then SiLU, to bf16 rounding:
+    it accumulates in fp32 as the conv does, and skips the conv output's rounding before the SiLU."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 24).bfloat16()
+    w = torch.randn(24, 4) * 0.5
+    ref = F.silu(F.conv1d(F.pad(x.transpose(1, 2).float(), (3, 0)), w.bfloat16().float().unsqueeze(1),
+                          groups=24)).transpose(1, 2)
+    got = gdn.causal_conv1d_silu(x, w)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+
+
+def test_causal_conv1d_silu_gradients():
+    x = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gdn.causal_conv1d_silu, (x, w))
+
+
+def test_causal_conv1d_silu_is_causal():
     x = torch.randn(1, 20, 5, dtype=torch.float64)
     w = torch.randn(5, 4, dtype=torch.float64)
-    y = gdn.causal_conv1d(x, w)
+    y = gdn.causal_conv1d_silu(x, w)
     x2 = x.clone()
     x2[:, 12:] += torch.randn(1, 8, 5, dtype=torch.float64)
-    y2 = gdn.causal_conv1d(x2, w)
+    y2 = gdn.causal_conv1d_silu(x2, w)
     assert torch.equal(y[:, :12], y2[:, :12])
     assert not torch.allclose(y[:, 12:], y2[:, 12:])
 

@@ -258,6 +258,35 @@ def test_muon_update_rule():
         assert torch.allclose(p.detach(), exp2, atol=1e-6), i
 
 
+def test_newton_schulz_batched_equals_per_matrix():
+    """A stack of same-shaped matrices (Muon's batched path) gives each matrix's own result: each is
+    normalised by its own Frobenius norm."""
+    torch.manual_seed(5)
+    for shape in ((3, 24, 10), (4, 10, 24)):
+        G = torch.randn(*shape) * torch.tensor([0.01, 1.0, 50.0, 3.0][:shape[0]])[:, None, None]
+        X = BASE.zeropower_via_newtonschulz5(G)
+        for i in range(shape[0]):
+            assert torch.allclose(X[i], BASE.zeropower_via_newtonschulz5(G[i]), rtol=1e-5, atol=1e-6), (shape, i)
+
+
+def test_muon_batches_shapes_like_per_matrix():
+    """Several matrices of one shape among others: the batched step equals orthogonalising each alone."""
+    torch.manual_seed(6)
+    shapes = [(12, 8), (8, 12), (12, 8), (5, 8), (12, 8), (8, 12)]
+    params = [nn.Parameter(torch.randn(*sh)) for sh in shapes]
+    ref = [p.detach().clone() for p in params]
+    lr, m = 0.03, 0.9
+    opt = BASE.Muon(params, lr=lr, momentum=m, backend_steps=5)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    grads = [p.grad.clone() for p in params]
+    opt.step()
+    for i, (p, r, g) in enumerate(zip(params, ref, grads)):
+        sc = max(1.0, r.size(0) / r.size(1)) ** 0.5
+        exp = r - lr * sc * BASE.zeropower_via_newtonschulz5(g + m * g)
+        assert torch.allclose(p.detach(), exp, atol=1e-6), i
+
+
 def test_muon_skips_params_without_grad():
     a, b = nn.Parameter(torch.randn(8, 4)), nn.Parameter(torch.randn(4, 8))
     opt = BASE.Muon([a, b], lr=0.1, momentum=0.95, backend_steps=5)

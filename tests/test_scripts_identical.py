@@ -1,5 +1,5 @@
 """The two training scripts share their code by design: everything but the GDN section, SCRIPT_DEFAULTS,
-make_mixer/prepare_mixers, the docstring and `import re` must be identical, in source and in behaviour."""
+make_mixer/prepare_mixers, the docstring and `import inspect`, `import re` must be identical, in source and in behaviour."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from conftest import REPO, load_script, needs_tokenizer, TOKENIZER, write_shard
 
 ALLOWED_DIFFERENT = {"make_mixer", "prepare_mixers", "SCRIPT_DEFAULTS"}
 GDN_SECTION = {"parse_gdn_layers", "gdn_dims", "l2_normalize", "gated_delta_rule_chunked", "gated_delta_rule_fla",
-               "causal_conv1d", "GatedDeltaNet", "triton_breaks_hopper_gdn"}
+               "fla_gated_delta_rule_public", "register_fla_gdn_op", "GDN_OP", "causal_conv1d_silu", "GatedDeltaNet",
+               "triton_breaks_hopper_gdn"}
 
 
 def top_level(path):
@@ -59,7 +60,7 @@ def test_shared_definition_identical(name):
 
 
 def test_imports_and_main_guard():
-    assert [i for i in HYB_SRC[1] if i not in BASE_SRC[1]] == ["import re"]
+    assert [i for i in HYB_SRC[1] if i not in BASE_SRC[1]] == ["import inspect", "import re"]
     assert [i for i in BASE_SRC[1] if i not in HYB_SRC[1]] == []
     assert BASE_SRC[2] == HYB_SRC[2]  # the `if __name__ == "__main__":` block and any other statement
 

@@ -67,7 +67,7 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
                PYTHONUNBUFFERED="1")
     if a.attn_backend:
         env["ATTN_BACKEND"] = a.attn_backend
-    proc = subprocess.run([sys.executable, str(ROOT / SCRIPTS[model])], cwd=work, env=env,
+    proc = subprocess.run([sys.executable, str(Path(a.script_dir) / SCRIPTS[model])], cwd=work, env=env,
                           capture_output=True, text=True, timeout=a.timeout)
     log = work / "logs" / f"{run_id}.txt"
     if proc.returncode != 0 or not log.is_file():
@@ -79,19 +79,23 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     ms = statistics.median([b - a_ for a_, b in zip(times[skip:], times[skip + 1:])])
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()
     attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
-    gdn = next((ln.split(":", 1)[1].split()[0] for ln in text if ln.startswith("gdn_impl:")), "-")
+    gdn_line = next((ln for ln in text if ln.startswith("gdn_impl:")), "")
+    gdn = gdn_line.split(":", 1)[1].split()[0] if gdn_line else "-"
+    if gdn == "fla":  # which FLA path: our custom op (one compiled graph) or the public op (graph breaks)
+        gdn += "-op" if "custom op" in gdn_line else "-public"
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
-                torch=run.torch or "unknown", attn=attn, gdn=gdn)
+                torch=run.torch or "unknown", attn=attn, gdn=gdn, label=a.label)
 
 
 def probe_line(r: dict) -> str:
     return (f"probe model:{r['model']} seq_len:{r['seq_len']} batch_tokens:{r['batch_tokens']} "
             f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
-            f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}")
+            f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
+            + (f" version:{r['label']}" if r.get("label") else ""))
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -99,9 +103,9 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for model in sorted({r["model"] for r in results}):
-        pts = sorted((r["seq_len"], r["ms"]) for r in results if r["model"] == model)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+    for model, label in sorted({(r["model"], r.get("label", "")) for r in results}):
+        pts = sorted((r["seq_len"], r["ms"]) for r in results if r["model"] == model and r.get("label", "") == label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{model} {label}".strip())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("ms per training step")
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--out-dir", default="logs_experiment")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    p.add_argument("--script-dir", default=str(ROOT), help="folder holding the two scripts (e.g. an older version)")
+    p.add_argument("--label", default="", help="version label added to each probe line (version:<label>)")
     a = p.parse_args(argv)
     models = [m for m in a.models.split(",") if m]
     bad = [m for m in models if m not in SCRIPTS]
@@ -140,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     global BATCH_OVERRIDE
     BATCH_OVERRIDE = a.batch_tokens
     a.data, a.tokenizer = str(Path(a.data).resolve()), str(Path(a.tokenizer).resolve())
+    a.script_dir = str(Path(a.script_dir).resolve())
+    missing = [SCRIPTS[m] for m in models if not (Path(a.script_dir) / SCRIPTS[m]).is_file()]
+    if missing:
+        p.error(f"--script-dir {a.script_dir}: no {', '.join(missing)}")
     if not Path(a.tokenizer).is_file():
         p.error(f"--tokenizer {a.tokenizer}: no such file")
     if not list(Path(a.data).glob("*_train_*.bin")):
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"bench_step_time {stamp} models:{a.models} seq_lens:{a.seq_lens} steps:{a.steps} "
                   f"warmup:{a.warmup} attn_backend:{a.attn_backend or 'script default'} data:{a.data} "
-                  f"peak_tflops:{a.peak_tflops}\n")
+                  f"peak_tflops:{a.peak_tflops} script_dir:{a.script_dir} label:{a.label or '-'}\n")
         for model in models:
             for seq in seq_lens:
                 try:

@@ -1,5 +1,6 @@
-"""GPU check for the attention fast paths: the script's CausalSelfAttention with each SDPA backend (cuDNN with
-K/V expanded to all heads, flash with native GQA) against the math backend on fp32 copies, outputs and the
+"""GPU check for the attention fast paths: the script's CausalSelfAttention with each SDPA backend (cuDNN and flash
+with native GQA where the backend takes it, and cuDNN with K/V expanded to all heads, the fallback for PyTorch
+builds without GQA in cuDNN) against the math backend on fp32 copies, outputs and the
 gradients of the input and of every weight, on fresh random inputs at the study's shapes (bf16 autocast).
 Exits 1 if a relative error exceeds 2e-2 (bf16 operands).
 
@@ -27,8 +28,10 @@ def rel(x, ref) -> float:
 
 def run(layer, x, do, backend: str, autocast: bool):
     args = gpt.Hyperparameters()
-    args.attn_backend = backend
-    gpt.configure_attention(args, torch.device("cuda"))
+    args.attn_backend = backend.split("-")[0]
+    print(gpt.configure_attention(args, torch.device("cuda")))
+    if backend.endswith("-expanded"):
+        gpt.SDPA_NATIVE_GQA = False
     layer.zero_grad(set_to_none=True)
     xi = x.clone().requires_grad_(True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -51,14 +54,14 @@ def main() -> int:
         torch.nn.init.normal_(layer.proj.weight, std=0.02)  # zero-init would hide the gradients upstream
         x, do = torch.randn(2, T, 512, device="cuda"), torch.randn(2, T, 512, device="cuda")
         ref_y, ref_g = run(layer, x, do, "math", autocast=False)  # fp32 math reference
-        for backend in ("cudnn", "flash"):
+        for backend in ("cudnn", "cudnn-expanded", "flash"):
             y, g = run(layer, x, do, backend, autocast=True)
             names = ["out", "dx"] + [f"d{n}" for n, _ in layer.named_parameters()]
             for name, val, ref in zip(names, [y] + g, [ref_y] + ref_g):
                 err = rel(val, ref)
                 total += 1
                 failed += err > TOL
-                print(f"{'ok  ' if err <= TOL else 'FAIL'} T={T} {backend:6s} vs fp32 math {name:12s} rel_err={err:.2e}")
+                print(f"{'ok  ' if err <= TOL else 'FAIL'} T={T} {backend:14s} vs fp32 math {name:12s} rel_err={err:.2e}")
     print(f"attention_check: {total - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -1,6 +1,8 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
-inputs; then the whole GatedDeltaNet layer with impl=fla against impl=torch (same weights, bf16 autocast).
+inputs, through both our custom op (FLA's forward/backward functions, traceable by torch.compile) and FLA's public
+op; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch (same weights, bf16
+autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -74,12 +76,20 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         return gdn.gated_delta_rule_chunked(gdn.l2_normalize(q), gdn.l2_normalize(k), v, g, 2 * torch.sigmoid(b), scale)
 
     def fla(q, k, v, g, b):
-        return gdn.gated_delta_rule_fla(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, 2 * torch.sigmoid(b), scale).float()
+        return gdn.gated_delta_rule_fla(gdn.l2_normalize(q.bfloat16()), gdn.l2_normalize(k.bfloat16()), v.bfloat16(),
+                                        g, 2 * torch.sigmoid(b), scale).float()
 
     o_ref, g_ref = grads_of(ours, (q, k, v, g, b), do)
-    o_fla, g_fla = grads_of(fla, (q, k, v, g, b), do)
-    rows = [("fla vs ours", "o", rel(o_fla, o_ref), TOL_BF16)]
-    rows += [("fla vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_fla, g_ref)]
+    rows = []
+    for path in ("op", "public"):  # our custom op over FLA's fwd/bwd functions, and FLA's public autograd op
+        op, gdn.GDN_OP = gdn.GDN_OP, (gdn.GDN_OP if path == "op" else None)
+        try:
+            o_f, g_f = grads_of(fla, (q, k, v, g, b), do)
+        finally:
+            gdn.GDN_OP = op
+        rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
+        rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
+    o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
             return recurrence(gdn.l2_normalize(q), gdn.l2_normalize(k), v, g, 2 * torch.sigmoid(b), scale)
@@ -104,16 +114,22 @@ def check_layer(B, T, seed):
     x = torch.randn(B, T, args.model_dim, device="cuda")
     do = torch.randn(B, T, args.model_dim, device="cuda")
     outs = {}
-    for name, layer in (("torch", layer_t), ("fla", layer_f)):
+    for name, layer in (("torch", layer_t), ("fla", layer_f), ("fla compiled", torch.compile(layer_f))):
+        layer_f.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y = layer(xi)
         y.float().backward(do)
-        outs[name] = (y.float(), xi.grad, {n: p.grad for n, p in layer.named_parameters()})
+        base = getattr(layer, "_orig_mod", layer)  # a compiled module prefixes its parameter names
+        outs[name] = (y.float(), xi.grad, {n: p.grad for n, p in base.named_parameters()})
     rows = [("layer fla vs torch", "out", rel(outs["fla"][0], outs["torch"][0]), TOL_BF16),
             ("layer fla vs torch", "dx", rel(outs["fla"][1], outs["torch"][1]), TOL_BF16)]
     rows += [("layer fla vs torch", f"d{n}", rel(outs["fla"][2][n], outs["torch"][2][n]), TOL_BF16)
              for n in sorted(outs["torch"][2])]
+    rows += [("layer fla compiled vs torch", "out", rel(outs["fla compiled"][0], outs["torch"][0]), TOL_BF16),
+             ("layer fla compiled vs torch", "dx", rel(outs["fla compiled"][1], outs["torch"][1]), TOL_BF16)]
+    rows += [("layer fla compiled vs torch", f"d{n}", rel(outs["fla compiled"][2][n].float(), outs["torch"][2][n]),
+              TOL_BF16) for n in sorted(outs["torch"][2])]
     return rows
 
 
@@ -128,7 +144,7 @@ def time_op(B, T, H, dk, dv):
 
         def step():
             if name == "fla":
-                o = fn(qq, kk, vv, gg, 2 * torch.sigmoid(bb), scale)
+                o = fn(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg, 2 * torch.sigmoid(bb), scale)
             else:
                 o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
@@ -156,6 +172,7 @@ def main() -> int:
     import triton
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"fla:{fla.__version__} hopper_triton_issue:{gdn.triton_breaks_hopper_gdn(torch.device('cuda'))}")
+    print(f"custom op: {gdn.register_fla_gdn_op() or 'registered'}")
     rows = []
     for i, T in enumerate(int(s) for s in a.seq_lens.split(",")):
         for dk, dv in ((42, 84), (64, 128)):

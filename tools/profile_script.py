@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,14 +25,19 @@ def main() -> int:
     if not Path(a.script).is_file():
         p.error(f"script {a.script}: no such file")
     sys.argv = [a.script]
+    t_start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         try:
             runpy.run_path(a.script, run_name="__main__")
         except SystemExit as e:
             if e.code not in (0, None):
                 raise
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.top, max_name_column_width=70)
+    averages = prof.key_averages()
+    table = averages.table(sort_by="self_cuda_time_total", row_limit=a.top, max_name_column_width=70)
     print(table)
+    # GPU busy time against wall time: far below 1 means the step waits on the CPU (launches, syncs, breaks).
+    busy_ms = sum(e.self_device_time_total for e in averages) / 1000.0
+    print(f"profile_total gpu_self_ms:{busy_ms:.1f} wall_ms:{1000.0 * (time.perf_counter() - t_start):.1f}")
     if a.out:
         Path(a.out).write_text(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=200,
                                                          max_name_column_width=120))
