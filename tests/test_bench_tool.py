@@ -37,9 +37,13 @@ def test_bad_arguments_fail_with_a_message(tmp_path):
 def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     env = dict(os.environ, MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", COMPILE="0", OMP_NUM_THREADS="1",
                BENCH_WORKDIR=str(tmp_path / "work"))
+    # An "older version" folder holding a copy of the script: --script-dir runs it, --label tags its probe lines.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "train_gpt.py").write_text((ROOT / "train_gpt.py").read_text())
     r = subprocess.run([sys.executable, str(ROOT / "tools/bench_step_time.py"), "--models", "baseline",
                         "--seq-lens", "128", "--steps", "4", "--warmup", "1", "--batch-tokens", "8192",
                         "--data", str(tmp_path / "data"), "--tokenizer", str(TOKENIZER),
+                        "--script-dir", str(tmp_path / "old"), "--label", "v9",
                         "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     logs = list((tmp_path / "out").glob("bench_step_time_*.txt"))
@@ -49,3 +53,24 @@ def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     p = probes[0]
     assert (p.model, p.seq_len, p.batch_tokens, p.card) == ("baseline", 128, 8192, "cpu")
     assert p.ms_per_step > 0 and p.tokens_per_s == pytest.approx(8192 / (p.ms_per_step / 1000), rel=0.01)
+    assert p.version == "v9" and "old" in logs[0].read_text().splitlines()[0]
+
+
+def test_script_dir_without_the_scripts_fails(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools/bench_step_time.py"), "--models", "hybrid",
+                        "--script-dir", str(tmp_path), "--tokenizer", str(TOKENIZER)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--script-dir" in r.stderr and "train_gpt_gdn.py" in r.stderr
+
+
+def test_plot_from_probe_lines(tmp_path):
+    log = tmp_path / "bench.txt"
+    log.write_text("bench_step_time header\n"
+                   "probe model:baseline seq_len:8192 batch_tokens:393216 ms_per_step:464.5 card:H200 version:v1\n"
+                   "probe model:baseline seq_len:8192 batch_tokens:393216 ms_per_step:412.0 card:H200 version:v2\n"
+                   "probe model:hybrid seq_len:32768 batch_tokens:524288 ms_per_step:949.5 card:H200 version:v2\n")
+    probes = parse_file(log).probes
+    assert [p.version for p in probes] == ["v1", "v2", "v2"]
+    assert bench.main(["--plot-from", str(log), "--out-dir", str(tmp_path / "plots")]) == 0
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 1
+    assert bench.main(["--plot-from", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path)]) == 2

@@ -117,6 +117,26 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_from(logs: list[str], out_dir: Path) -> int:
+    latest: dict[tuple[str, str, int], dict] = {}  # a later probe of the same model/version/length wins
+    for path in logs:
+        if not Path(path).is_file():
+            print(f"error: --plot-from {path}: no such file", file=sys.stderr)
+            return 2
+        for pr in parse_file(path).probes:
+            latest[(pr.model, pr.version, pr.seq_len)] = dict(model=pr.model, seq_len=pr.seq_len, ms=pr.ms_per_step,
+                                                              card=pr.card or "unknown", label=pr.version)
+    results = list(latest.values())
+    if not results:
+        print(f"error: --plot-from: no probe lines in {', '.join(logs)}", file=sys.stderr)
+        return 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench_step_time_{time.strftime('%Y%m%d_%H%M%S')}.png"
+    plot(results, path)
+    print(f"plot: {path} ({len(results)} probes)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="baseline,hybrid")
@@ -132,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")
     p.add_argument("--script-dir", default=str(ROOT), help="folder holding the two scripts (e.g. an older version)")
     p.add_argument("--label", default="", help="version label added to each probe line (version:<label>)")
+    p.add_argument("--plot-from", nargs="+", metavar="LOG", help="only redraw the crossover plot from the probe "
+                   "lines of these logs (one line per model and version) into --out-dir; runs nothing")
     a = p.parse_args(argv)
+    if a.plot_from:
+        return plot_from(a.plot_from, Path(a.out_dir))
     models = [m for m in a.models.split(",") if m]
     bad = [m for m in models if m not in SCRIPTS]
     if bad:

@@ -1,9 +1,14 @@
-"""GPU check: each training script's whole model under torch.compile (as training runs it) against the same model
-eager, on one batch of fresh random tokens with bf16 autocast: the loss and the gradient of every parameter.
-Every weight is drawn at random first (the zero-initialised projections would hide the gradients upstream).
-For the hybrid, the GDN path is the one training resolves (FLA as a custom op on CUDA when fla-core imports).
-Relative errors ||x - ref|| / ||ref||; exits 1 if one exceeds its tolerance (both sides round to bf16 at
-different points: compile keeps fused intermediates in fp32).
+"""GPU check: each training script's whole model under torch.compile with bf16 autocast (as training runs it)
+against the same model eager with bf16 autocast, both scored against an fp32 reference (no autocast; the
+hybrid's GDN layers on our fp32 chunked rule; SDPA math/efficient kernels), on one batch of fresh random tokens:
+the loss and the gradient of every parameter. Every weight is drawn at random first (the zero-initialised
+projections would hide the gradients upstream). For the hybrid, the GDN path is the one training resolves (FLA
+as a custom op on CUDA when fla-core imports).
+
+Criterion, per tensor: err(compiled, fp32) <= 1.5 err(eager, fp32) + 2e-3, with err = ||x - ref|| / ||ref||:
+the compiled model must be as close to the exact math as eager bf16 training is. (Compiled against eager
+directly differs by up to ~7e-2 on a few small-gradient tensors, e.g. A_log and the q/k weights of deep GDN
+layers, on CPU too without FLA: rounding to bf16 at other points, not a different computation.)
 
     python3 tools/check_compile.py [--seq-len 2048] [--batch 4]
 """
@@ -11,6 +16,7 @@ different points: compile keeps fused intermediates in fp32).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import sys
@@ -19,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-TOL_LOSS, TOL_GRAD = 5e-3, 3e-2
+SLACK_MUL, SLACK_ADD = 1.5, 2e-3
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -41,18 +47,32 @@ def check(script: str, seq_len: int, batch: int, dev: torch.device) -> list[tupl
         for p in eager.parameters():
             if p.ndim == 2 and p.count_nonzero() == 0:
                 p.normal_(0, 0.02)
+    reference = copy.deepcopy(eager).float()
+    for m in reference.modules():
+        if hasattr(m, "impl"):
+            m.impl = "torch"  # the GDN layers' fp32 chunked rule
     compiled = torch.compile(copy.deepcopy(eager), dynamic=False)
     x = torch.randint(0, args.vocab_size, (batch, seq_len), device=dev)
     y = torch.randint(0, args.vocab_size, (batch, seq_len), device=dev)
     out = {}
-    for name, model in (("eager", eager), ("compiled", compiled)):
-        with mod.autocast_ctx(dev):
-            loss = model(x, y)
+    for name, model in (("fp32", reference), ("eager", eager), ("compiled", compiled)):
+        if name == "fp32":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            ctx = sdpa_kernel([SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION]) if dev.type == "cuda" else \
+                contextlib.nullcontext()
+            with ctx:
+                loss = model(x, y)
+        else:
+            with mod.autocast_ctx(dev):
+                loss = model(x, y)
         loss.backward()
         base = getattr(model, "_orig_mod", model)
-        out[name] = (loss.detach().float(), {n: p.grad.float() for n, p in base.named_parameters()})
-    rows = [(script, "loss", rel(out["compiled"][0], out["eager"][0]), TOL_LOSS)]
-    rows += [(script, f"d{n}", rel(out["compiled"][1][n], g), TOL_GRAD) for n, g in out["eager"][1].items()]
+        out[name] = {"loss": loss.detach().float().reshape(1)}
+        out[name].update({f"d{n}": p.grad.float() for n, p in base.named_parameters()})
+    rows = []
+    for key, ref in out["fp32"].items():
+        e_eager, e_comp = rel(out["eager"][key], ref), rel(out["compiled"][key], ref)
+        rows.append((script, key, e_comp, e_eager, SLACK_MUL * e_eager + SLACK_ADD))
     return rows
 
 
@@ -70,11 +90,12 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} torch:{torch.__version__}")
     failed = total = 0
     for script in a.scripts.split(","):
-        for name, what, err, tol in check(script, a.seq_len, a.batch, dev):
-            ok = err <= tol
+        for name, what, e_comp, e_eager, tol in check(script, a.seq_len, a.batch, dev):
+            ok = e_comp <= tol
             failed += not ok
             total += 1
-            print(f"{'ok  ' if ok else 'FAIL'} {name:14s} {what:40s} rel_err={err:.2e} tol={tol:.0e}")
+            print(f"{'ok  ' if ok else 'FAIL'} {name:14s} {what:40s} compiled_vs_fp32={e_comp:.2e} "
+                  f"eager_vs_fp32={e_eager:.2e} limit={tol:.2e}")
     print(f"compile_check: {total - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -67,6 +67,7 @@ class Probe:
     torch: str
     path: str = ""
     line: int = 0
+    version: str = ""  # bench_step_time --label (which version of the scripts was measured)
 
 
 @dataclass
@@ -331,7 +332,7 @@ class _Parser:
         self.out.probes.append(Probe(
             f["model"], seq, _int(f.get("batch_tokens")), ms, _float(f.get("tokens_per_s")),
             mfu_val, _float(f.get("peak_mem_mib")), card_name(f.get("card", "")), f.get("torch", ""),
-            self.out.path, self.lineno))
+            self.out.path, self.lineno, f.get("version", "")))
         return True
 
     def _preamble_line(self, line: str) -> bool | None:

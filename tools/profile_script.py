@@ -1,7 +1,12 @@
-"""Run a training script (same process, same code path) under torch.profiler and print where the GPU time
-goes: the top kernels by self CUDA time, summed over the whole run. Use a short run, e.g.
+"""Run a training script (same process, same code path) under torch.profiler and print where the GPU time of a
+few training steps goes: the top kernels by self device time over --active steps, recorded after --skip steps
+(compile and warm-up) and one profiler warm-up step. Steps are counted by Muon's optimiser step (one per training
+step, warm-up steps included), so the trace stays small. Use a short run, e.g.
 
-    ITERATIONS=6 WARMUP_STEPS=3 VAL_MAX_TOKENS=65536 python3 tools/profile_script.py train_gpt_gdn.py [--top 30]
+    ITERATIONS=6 WARMUP_STEPS=3 VAL_MAX_TOKENS=65536 python3 tools/profile_script.py train_gpt_gdn.py --skip 5 --active 2
+
+The last line compares GPU busy time with wall time per step: far below 1 means the step waits on the CPU
+(launches, syncs, graph breaks).
 """
 
 from __future__ import annotations
@@ -13,34 +18,60 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.profiler import ProfilerActivity, profile, schedule
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script")
+    p.add_argument("--skip", type=int, default=5, help="training steps (warm-up included) before recording")
+    p.add_argument("--active", type=int, default=2, help="training steps recorded")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default=None, help="also write the full table to this file")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if not Path(a.script).is_file():
         p.error(f"script {a.script}: no such file")
+    if a.skip < 0 or a.active < 1:
+        p.error("--skip must be >= 0 and --active >= 1")
+    stamps: list[float] = []  # wall time at the end of each training step
+    result = {}
+
+    def on_step(optimizer, args, kwargs) -> None:
+        if type(optimizer).__name__ != "Muon":
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        prof.step()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sched = schedule(wait=a.skip, warmup=1, active=a.active, repeat=1)
     sys.argv = [a.script]
-    t_start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=activities, schedule=sched,
+                 on_trace_ready=lambda pr: result.setdefault("averages", pr.key_averages())) as prof:
+        handle = register_optimizer_step_post_hook(on_step)
         try:
             runpy.run_path(a.script, run_name="__main__")
         except SystemExit as e:
             if e.code not in (0, None):
                 raise
-    averages = prof.key_averages()
-    table = averages.table(sort_by="self_cuda_time_total", row_limit=a.top, max_name_column_width=70)
-    print(table)
-    # GPU busy time against wall time: far below 1 means the step waits on the CPU (launches, syncs, breaks).
-    busy_ms = sum(e.self_device_time_total for e in averages) / 1000.0
-    print(f"profile_total gpu_self_ms:{busy_ms:.1f} wall_ms:{1000.0 * (time.perf_counter() - t_start):.1f}")
+        finally:
+            handle.remove()
+    last = a.skip + 1 + a.active  # training steps the recording needs
+    if "averages" not in result or len(stamps) < last:
+        print(f"error: the run made {len(stamps)} training steps, the recording needs {last} "
+              f"(--skip {a.skip} + 1 + --active {a.active}): raise ITERATIONS or lower --skip", file=sys.stderr)
+        return 1
+    averages = result["averages"]
+    print(averages.table(sort_by="self_device_time_total", row_limit=a.top, max_name_column_width=70))
+    busy_ms = sum(e.self_device_time_total for e in averages) / 1000.0 / a.active
+    wall_ms = 1000.0 * (stamps[last - 1] - stamps[last - 1 - a.active]) / a.active
+    print(f"profile_per_step steps:{a.active} gpu_busy_ms:{busy_ms:.1f} wall_ms:{wall_ms:.1f} "
+          f"busy_fraction:{busy_ms / wall_ms:.2f}")
     if a.out:
-        Path(a.out).write_text(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=200,
-                                                         max_name_column_width=120))
+        Path(a.out).write_text(averages.table(sort_by="self_device_time_total", row_limit=200,
+                                              max_name_column_width=120))
     return 0
 
 
