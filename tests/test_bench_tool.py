@@ -74,3 +74,25 @@ def test_plot_from_probe_lines(tmp_path):
     assert bench.main(["--plot-from", str(log), "--out-dir", str(tmp_path / "plots")]) == 0
     assert len(list((tmp_path / "plots").glob("*.png"))) == 1
     assert bench.main(["--plot-from", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.skipif(not TOKENIZER.is_file(), reason="needs ../shared/data/fineweb_1024_bpe.model")
+def test_perf_session_pairs_old_and_new_runs(tmp_path):
+    """tools/gpu/perf_session.sh (checks off: they need CUDA) on a tiny CPU config: one probe per version and
+    the study's lines of each run kept."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("train_gpt.py", "train_gpt_gdn.py"):
+        (old / name).write_text((ROOT / name).read_text())
+    subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", str(tmp_path / "data"),
+                    "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
+    env = dict(os.environ, CHECKS="0", MODELS="baseline", SEQS="128", BATCH_TOKENS="2048", STEPS="4",
+               DATA_PATH=str(tmp_path / "data"), TOKENIZER_PATH=str(TOKENIZER), BENCH_WORKDIR=str(tmp_path / "w"),
+               MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", COMPILE="0", OMP_NUM_THREADS="1")
+    r = subprocess.run(["bash", str(ROOT / "tools/gpu/perf_session.sh"), str(tmp_path / "out"), str(old)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probes = [ln for ln in r.stdout.splitlines() if ln.startswith("probe ")]
+    assert len(probes) == 2 and probes[0].endswith("version:new") and probes[1].endswith("version:old")
+    kept = list((tmp_path / "out" / "logs").glob("*.txt"))
+    assert len(kept) == 2 and all("train_loss" in f.read_text() for f in kept)
