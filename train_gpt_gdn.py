@@ -736,6 +736,7 @@ def gated_delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: T
     return o.to(out_dtype)
 
 
+@torch.compiler.disable  # FLA's own autograd op runs outside the compiled graph
 def fla_gated_delta_rule_public(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
     """FLA's public op (an autograd.Function marked torch.compiler.disable: the compiled graph breaks at it).
     q and k already L2-normalised; beta already in (0, 2) (fla-core 0.6.0 takes it so with allow_neg_eigval off)."""
@@ -808,7 +809,7 @@ def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
     """FLA's chunked kernels; q and k already L2-normalised, g (log decay) fp32, beta in (0, 2)."""
     if GDN_OP is not None:
         return GDN_OP(q, k, v, g, beta.to(q.dtype), scale)[0]
-    return torch.compiler.disable(fla_gated_delta_rule_public)(q, k, v, g, beta.to(q.dtype), scale)
+    return fla_gated_delta_rule_public(q, k, v, g, beta.to(q.dtype), scale)
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
