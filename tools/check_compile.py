@@ -33,7 +33,7 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check(script: str, seq_len: int, batch: int, dev: torch.device) -> list[tuple[str, str, float, float]]:
+def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bool = False) -> list[tuple[str, str, float, float]]:
     mod = importlib.import_module(script)
     args = mod.Hyperparameters()
     lines = mod.prepare_mixers(args, dev) if hasattr(mod, "prepare_mixers") else []
@@ -63,7 +63,8 @@ def check(script: str, seq_len: int, batch: int, dev: torch.device) -> list[tupl
             with ctx:
                 loss = model(x, y)
         else:
-            with mod.autocast_ctx(dev):
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else mod.autocast_ctx(dev)
+            with ctx:
                 loss = model(x, y)
         loss.backward()
         base = getattr(model, "_orig_mod", model)
@@ -82,7 +83,10 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--scripts", default="train_gpt,train_gpt_gdn")
     p.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of this tool, not the check)")
+    p.add_argument("--cpu-bf16", action="store_true", help="on the CPU with bf16 autocast as on a GPU (slow): "
+                   "the rounding behaviour of compiled vs eager without FLA")
     a = p.parse_args()
+    a.cpu = a.cpu or a.cpu_bf16
     if not a.cpu and not torch.cuda.is_available():
         print("error: this check needs a CUDA GPU (or --cpu for a smoke test)", file=sys.stderr)
         return 2
@@ -90,7 +94,7 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} torch:{torch.__version__}")
     failed = total = 0
     for script in a.scripts.split(","):
-        for name, what, e_comp, e_eager, tol in check(script, a.seq_len, a.batch, dev):
+        for name, what, e_comp, e_eager, tol in check(script, a.seq_len, a.batch, dev, a.cpu_bf16):
             ok = e_comp <= tol
             failed += not ok
             total += 1
