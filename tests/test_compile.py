@@ -29,3 +29,12 @@ def test_compiled_model_matches_eager_on_cpu(clean_env, script, env):
     for name, what, e_comp, e_eager, limit in rows:
         assert e_eager == 0.0  # on the CPU eager runs fp32: it is the reference itself
         assert e_comp <= 1e-4, (name, what, e_comp)
+
+
+def test_relative_error_measure():
+    """tools/checks.rel, the measure every GPU check reports: scale-free, and inf for a non-finite result."""
+    from tools.checks import rel
+    ref = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert rel(ref, ref) == 0.0
+    assert abs(rel(ref * 1.01, ref) - 0.01) < 1e-12
+    assert rel(torch.tensor([float("nan"), 4.0]), ref) == float("inf")

@@ -17,13 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.checks import rel  # noqa: E402
 gpt = importlib.import_module("train_gpt")
 TOL = 2e-2
-
-
-def rel(x, ref) -> float:
-    x, ref = x.double(), ref.double()
-    return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def run(layer, x, do, backend: str, autocast: bool):

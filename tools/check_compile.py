@@ -25,12 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.checks import rel  # noqa: E402
 SLACK_MUL, SLACK_ADD = 1.5, 2e-3
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bool = False) -> list[tuple[str, str, float, float]]:

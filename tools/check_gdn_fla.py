@@ -20,17 +20,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.checks import rel  # noqa: E402
 gdn = importlib.import_module("train_gpt_gdn")
 
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
 TOL_FP32 = 1e-4  # our chunked fp32 form against the fp64 recurrence
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    if not torch.isfinite(x).all():
-        return float("inf")
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def recurrence(q, k, v, g, beta, scale):
