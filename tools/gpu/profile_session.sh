@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call of profiles (issue 5): where the GPU time of a training step goes, per model and length,
+# with tools/profile_script.py (--skip/--active keeps the trace small), then the compiled-model check.
+# Usage: bash tools/gpu/profile_session.sh OUT_DIR
+#   env: RUNS ("hybrid:8192 baseline:8192 check": model:seq pairs and "check" (tools/check_compile.py), in
+#        order; the first hybrid run also pays a fresh machine's TileLang/Triton compilation)
+#        TOKENIZER_PATH DATA_PATH (generated if absent) LIMIT (seconds per profile, 300)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+if [ $# -lt 1 ]; then echo "usage: bash tools/gpu/profile_session.sh OUT_DIR" >&2; exit 2; fi
+OUT=$1; mkdir -p "$OUT"
+TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}
+if [ ! -f "$TOK" ]; then echo "TOKENIZER_PATH $TOK: no such file" >&2; exit 2; fi
+DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
+[ -f "$DATA/synthetic_train_000000.bin" ] || \
+  python3 data/make_synthetic_dataset.py --out "$DATA" --train-tokens 12000000 --val-tokens 300000 > /dev/null
+export PYTHONUNBUFFERED=1
+for run in ${RUNS:-hybrid:8192 baseline:8192 check}; do
+  if [ "$run" = check ]; then
+    timeout 240 python3 tools/check_compile.py > "$OUT/compile_check.txt" 2>&1; echo "check_compile: exit $?"
+    tail -2 "$OUT/compile_check.txt"; continue
+  fi
+  model=${run%%:*}; seq=${run##*:}
+  case "$model" in baseline) script=train_gpt.py ;; hybrid) script=train_gpt_gdn.py ;;
+    *) echo "RUNS: unknown model '$model' in '$run' (expected baseline:SEQ or hybrid:SEQ)" >&2; exit 2 ;; esac
+  batch=393216; [ "$seq" -gt 16384 ] && batch=524288
+  env DATA_PATH="$DATA" TOKENIZER_PATH="$TOK" RUN_ID="profile_${model}_seq${seq}" TRAIN_SEQ_LEN="$seq" \
+    TRAIN_BATCH_TOKENS=$batch ITERATIONS=6 WARMUP_STEPS=3 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 VAL_MAX_TOKENS="$seq" \
+    MAX_WALLCLOCK_SECONDS=0 OUTPUT_DIR="/tmp/profile_out/$model" \
+    timeout "${LIMIT:-300}" python3 tools/profile_script.py "$script" --skip 5 --active 2 --top 40 \
+    --out "$OUT/profile_${model}_seq${seq}.txt" > "$OUT/profile_${model}_seq${seq}.log" 2>&1
+  echo "$run: exit $?"; grep -E "^profile_per_step" "$OUT/profile_${model}_seq${seq}.log"
+  [ -f "logs/profile_${model}_seq${seq}.txt" ] && \
+    grep -E "^(step|warmup|peak|sdp_|gdn_impl)" "logs/profile_${model}_seq${seq}.txt" > "$OUT/steps_${model}_seq${seq}.txt"
+done
