@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 import torch
+import torch._functorch.config  # activation_memory_budget (COMPILE_MEMORY_BUDGET)
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -144,6 +145,9 @@ class Hyperparameters:
         self.grad_clip_norm = env_float("GRAD_CLIP_NORM", 0.0, 0.0)
         # Execution.
         self.compile = env_choice("COMPILE", "auto", ("auto", "0", "1"))
+        # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
+        # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
+        self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
@@ -794,6 +798,7 @@ def main() -> None:
     if use_cuda:
         base_model.tok_emb.to(torch.bfloat16)
     do_compile = args.compile == "1" or (args.compile == "auto" and use_cuda)
+    torch._functorch.config.activation_memory_budget = args.compile_memory_budget
     compiled = torch.compile(base_model, dynamic=False) if do_compile else base_model
     model = DDP(compiled, device_ids=[local_rank] if use_cuda else None, broadcast_buffers=False) \
         if distributed else compiled
@@ -806,7 +811,8 @@ def main() -> None:
     log(f"train_loader:dataset:{dataset_name} train_shards:{len(train_files)}")
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
-    log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile}")
+    log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
+        f"compile_memory_budget:{args.compile_memory_budget:g}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 import torch
+import torch._functorch.config  # activation_memory_budget (COMPILE_MEMORY_BUDGET)
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -149,6 +150,9 @@ class Hyperparameters:
         self.grad_clip_norm = env_float("GRAD_CLIP_NORM", 0.0, 0.0)
         # Execution.
         self.compile = env_choice("COMPILE", "auto", ("auto", "0", "1"))
+        # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
+        # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
+        self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
@@ -812,6 +816,63 @@ def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
     return fla_gated_delta_rule_public(q, k, v, g, beta.to(q.dtype), scale)
 
 
+def register_fla_conv_op() -> str | None:
+    """Register FLA's causal conv1d + SiLU (Triton forward and backward, the original's conv) as a torch custom
+    op. Returns None when done, else why not (then the PyTorch form below runs, fused by torch.compile)."""
+    global CONV_OP
+    try:
+        from fla.modules.causal_conv1d.ops import causal_conv1d_bwd, causal_conv1d_fwd
+        need = {"x", "weight", "bias", "residual", "initial_state", "activation"}
+        if not (need <= set(inspect.signature(causal_conv1d_fwd).parameters)
+                and need | {"dy", "dht"} <= set(inspect.signature(causal_conv1d_bwd).parameters)):
+            return "fla's causal_conv1d_fwd/bwd have other signatures"
+    except Exception as e:  # another fla-core version
+        return f"{type(e).__name__}: {e}"
+    if CONV_OP is not None:
+        return None
+
+    @torch.library.custom_op("gdn_repro::conv_silu_fwd", mutates_args=())
+    def fwd(x: Tensor, weight: Tensor) -> Tensor:
+        y, _ = causal_conv1d_fwd(x=x, weight=weight, bias=None, residual=None, initial_state=None,
+                                 output_final_state=False, activation="silu")
+        return y.contiguous()
+
+    @fwd.register_fake
+    def _(x, weight):
+        return x.new_empty(x.shape)
+
+    @torch.library.custom_op("gdn_repro::conv_silu_bwd", mutates_args=())
+    def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+        dx, dw, _, _, _ = causal_conv1d_bwd(x=x, dy=dy, dht=None, weight=weight, bias=None, residual=None,
+                                            initial_state=None, activation="silu")
+        return dx.contiguous(), dw.to(weight.dtype)
+
+    @bwd.register_fake
+    def _(x, weight, dy):
+        return x.new_empty(x.shape), torch.empty_like(weight)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, dy):
+        return bwd(*ctx.saved_tensors, dy)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    CONV_OP = fwd
+    return None
+
+
+CONV_OP = None  # FLA's conv + SiLU as a custom op, once registered
+
+
+def conv1d_silu(x: Tensor, weight: Tensor, impl: str) -> Tensor:
+    """Depthwise causal conv + SiLU of x (B, T, C) with weight (C, K) rounded to x's dtype (as a bf16 conv):
+    FLA's Triton kernels (fp32 inside) when registered and the layer runs FLA, else the PyTorch form."""
+    if impl == "fla" and CONV_OP is not None:
+        return CONV_OP(x, weight.to(x.dtype))
+    return causal_conv1d_silu(x, weight)
+
+
 def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
     """SiLU of a depthwise causal convolution over time, x (B, T, C), weight (C, K): a sum of K shifted copies
     of x in (at least) fp32, weights rounded to x's dtype as in a bf16 conv; torch.compile fuses it into one kernel."""
@@ -857,7 +918,7 @@ class GatedDeltaNet(nn.Module):
         w = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.a_proj,
                                           self.b_proj)]).to(x.dtype)
         qkv, gate, a, b = F.linear(x, w).split((2 * kd + vd, vd, H, H), dim=-1)
-        qkv = causal_conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)))
+        qkv = conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)), self.impl)
         q, k, v = qkv.split((kd, kd, vd), dim=-1)
         q, k = l2_normalize(q.reshape(B, T, H, dk)), l2_normalize(k.reshape(B, T, H, dk))
         v = v.reshape(B, T, H, dv)
@@ -921,6 +982,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \
                 f" (public op, graph breaks: custom op not registered: {why})"
+            why = register_fla_conv_op()
+            note += "; conv: fla causal_conv1d as a torch custom op" if why is None else \
+                f"; conv: PyTorch (fla causal_conv1d not registered: {why})"
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"
@@ -1067,6 +1131,7 @@ def main() -> None:
     if use_cuda:
         base_model.tok_emb.to(torch.bfloat16)
     do_compile = args.compile == "1" or (args.compile == "auto" and use_cuda)
+    torch._functorch.config.activation_memory_budget = args.compile_memory_budget
     compiled = torch.compile(base_model, dynamic=False) if do_compile else base_model
     model = DDP(compiled, device_ids=[local_rank] if use_cuda else None, broadcast_buffers=False) \
         if distributed else compiled
@@ -1079,7 +1144,8 @@ def main() -> None:
     log(f"train_loader:dataset:{dataset_name} train_shards:{len(train_files)}")
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
-    log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile}")
+    log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
+        f"compile_memory_budget:{args.compile_memory_budget:g}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

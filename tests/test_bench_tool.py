@@ -77,22 +77,32 @@ def test_plot_from_probe_lines(tmp_path):
 
 
 @pytest.mark.skipif(not TOKENIZER.is_file(), reason="needs ../shared/data/fineweb_1024_bpe.model")
-def test_perf_session_pairs_old_and_new_runs(tmp_path):
-    """tools/gpu/perf_session.sh (checks off: they need CUDA) on a tiny CPU config: one probe per version and
-    the study's lines of each run kept."""
+def test_ab_session_runs_items_in_order(tmp_path):
+    """tools/gpu/ab_session.sh (GDN check off: it needs CUDA) on a tiny CPU config: one probe per item, labelled,
+    an older script folder and per-item environment honoured, the study's lines of each run kept, DONE written;
+    a malformed item is refused before any run."""
     old = tmp_path / "old"
     old.mkdir()
     for name in ("train_gpt.py", "train_gpt_gdn.py"):
         (old / name).write_text((ROOT / name).read_text())
     subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", str(tmp_path / "data"),
                     "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
-    env = dict(os.environ, CHECKS="0", MODELS="baseline", SEQS="128", BATCH_TOKENS="2048", STEPS="4",
+    env = dict(os.environ, BATCH_TOKENS="2048", STEPS="4",
                DATA_PATH=str(tmp_path / "data"), TOKENIZER_PATH=str(TOKENIZER), BENCH_WORKDIR=str(tmp_path / "w"),
                MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", COMPILE="0", OMP_NUM_THREADS="1")
-    r = subprocess.run(["bash", str(ROOT / "tools/gpu/perf_session.sh"), str(tmp_path / "out"), str(old)],
+    script, out = str(ROOT / "tools/gpu/ab_session.sh"), tmp_path / "out"
+    bad = subprocess.run(["bash", script, str(out), "baseline:128:new", "hybrid:x:old"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "hybrid:x:old: seq 'x'" in bad.stderr and not (out / "probes.txt").exists()
+    r = subprocess.run(["bash", script, str(out), "baseline:128:new",
+                        f"baseline:128:old:{old}:COMPILE_MEMORY_BUDGET=0.5"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    probes = [ln for ln in r.stdout.splitlines() if ln.startswith("probe ")]
+    probes = (out / "probes.txt").read_text().splitlines()
     assert len(probes) == 2 and probes[0].endswith("version:new") and probes[1].endswith("version:old")
-    kept = list((tmp_path / "out" / "logs").glob("*.txt"))
+    kept = sorted((out / "logs").glob("*.txt"), key=lambda f: f.stat().st_mtime)
     assert len(kept) == 2 and all("train_loss" in f.read_text() for f in kept)
+    budgets = [ln.split("compile_memory_budget:")[1] for f in kept for ln in f.read_text().splitlines()
+               if ln.startswith("device:")]
+    assert sorted(budgets) == ["0.5", "1"]
+    assert (out / "DONE").exists()

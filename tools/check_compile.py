@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._functorch.config  # activation_memory_budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.checks import rel  # noqa: E402
@@ -47,7 +48,7 @@ def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bo
     for m in reference.modules():
         if hasattr(m, "impl"):
             m.impl = "torch"  # the GDN layers' fp32 chunked rule
-    compiled = torch.compile(copy.deepcopy(eager), dynamic=False)
+    compiled = torch.compile(copy.deepcopy(eager), dynamic=False)  # under the script's COMPILE_MEMORY_BUDGET
     x = torch.randint(0, args.vocab_size, (batch, seq_len), device=dev)
     y = torch.randint(0, args.vocab_size, (batch, seq_len), device=dev)
     out = {}
@@ -60,7 +61,7 @@ def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bo
                 loss = model(x, y)
         else:
             ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else mod.autocast_ctx(dev)
-            with ctx:
+            with ctx, torch._functorch.config.patch(activation_memory_budget=args.compile_memory_budget):
                 loss = model(x, y)
         loss.backward()
         base = getattr(model, "_orig_mod", model)

@@ -1,7 +1,7 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through both our custom op (FLA's forward/backward functions, traceable by torch.compile) and FLA's public
-op; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch (same weights, bf16
+op; FLA's causal conv1d + SiLU (our custom op) against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch (same weights, bf16
 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
@@ -95,6 +95,33 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     return rows
 
 
+def check_conv(B, T, C, seed):
+    """FLA's causal conv1d + SiLU (our custom op) against the fp32 PyTorch form on a strided view of a wider
+    tensor, as the layer feeds it (the q|k|v slice of one projection): output, dx, dweight."""
+    dev = torch.device("cuda")
+    torch.manual_seed(seed)
+    wide = torch.randn(B, T, C + 40, device=dev).bfloat16()
+    w = torch.randn(C, 4, device=dev) * 0.5
+    dy = torch.randn(B, T, C, device=dev)
+
+    def ours(x, w):
+        return gdn.causal_conv1d_silu(x.float(), w.bfloat16().float())
+
+    def fla(x, w):
+        return gdn.conv1d_silu(x[..., :C], w, "fla").float()
+
+    o_ref, g_ref = grads_of(ours, (wide[..., :C].float(), w), dy)
+    x_leaf = wide.detach().clone().requires_grad_(True)
+    w_leaf = w.detach().clone().requires_grad_(True)
+    o = fla(x_leaf, w_leaf)
+    o.backward(dy)
+    rows = [("conv fla op vs fp32", "o", rel(o.detach(), o_ref), TOL_BF16),
+            ("conv fla op vs fp32", "dx", rel(x_leaf.grad[..., :C].float(), g_ref[0]), TOL_BF16),
+            ("conv fla op vs fp32", "dx outside the slice == 0", float(x_leaf.grad[..., C:].abs().max()), 0.0),
+            ("conv fla op vs fp32", "dweight", rel(w_leaf.grad, g_ref[1]), TOL_BF16)]
+    return rows
+
+
 def check_layer(B, T, seed):
     """The whole GDN layer (projections, convs, gates, norm) under bf16 autocast: impl=fla vs impl=torch, and
     impl=fla compiled vs the fp32 layer."""
@@ -161,6 +188,25 @@ def time_op(B, T, H, dk, dv):
     return res
 
 
+def time_conv(B, T, C):
+    x = torch.randn(B, T, C, device="cuda").bfloat16().requires_grad_(True)
+    w = torch.randn(C, 4, device="cuda").requires_grad_(True)
+    res = {}
+    for name, fn in (("fla", lambda x, w: gdn.conv1d_silu(x, w, "fla")),
+                     ("torch", torch.compile(gdn.causal_conv1d_silu))):
+        def step():
+            fn(x, w).float().sum().backward()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        res[name] = (time.perf_counter() - t0) / 10 * 1000
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", default="100,256,8192")
@@ -174,11 +220,14 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"fla:{fla.__version__} hopper_triton_issue:{gdn.triton_breaks_hopper_gdn(torch.device('cuda'))}")
     print(f"custom op: {gdn.register_fla_gdn_op() or 'registered'}")
+    print(f"conv custom op: {gdn.register_fla_conv_op() or 'registered'}")
     rows = []
     for i, T in enumerate(int(s) for s in a.seq_lens.split(",")):
         for dk, dv in ((42, 84), (64, 128)):
             rows += [(f"T={T} dk={dk} dv={dv} " + n, w, e, tol)
                      for n, w, e, tol in check_op(a.batch, T, 8, dk, dv, with_recurrence=T <= 256, seed=10 + i)]
+    rows += [(f"T={T} B=2 C=1344 " + n, w, e, tol) for T in (100, 4096)
+             for n, w, e, tol in check_conv(2, T, 1344, seed=T)]
     rows += [(f"T=1000 B=2 " + n, w, e, tol) for n, w, e, tol in check_layer(2, 1000, seed=99)]
     failed = 0
     for name, what, err, tol in rows:
@@ -189,6 +238,10 @@ def main() -> int:
         t = time_op(B, T, 8, 42, 84)
         print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
               f"ours(torch fp32) {t['torch']:.2f} ms")
+    for B, T in ((6, 8192), (2, 32768)):
+        t = time_conv(B, T, 1344)
+        print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: fla op {t['fla']:.2f} ms, "
+              f"PyTorch form compiled {t['torch']:.2f} ms")
     print(f"gdn_check: {len(rows) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# A/B step-time runs in one device session (issue 5): each ITEM is MODEL:SEQ:LABEL[:SCRIPT_DIR[:ENV=V[,ENV=V]]],
+# run in the order given through tools/bench_step_time.py (its probe lines carry version:LABEL), after an
+# optional tools/check_gdn_fla.py (which also warms TileLang/Triton on a fresh machine). Writes OUT_DIR/probes.txt
+# (probe lines, appended as each run ends), OUT_DIR/logs/ (each run's study lines), OUT_DIR/DONE at the end, so
+# that a session longer than one device call can run under setsid nohup and be collected by a later call.
+# Usage: bash tools/gpu/ab_session.sh OUT_DIR ITEM...
+#   e.g. ITEMs hybrid:8192:new  hybrid:8192:old:.bench_old  baseline:8192:mb08:.:COMPILE_MEMORY_BUDGET=0.8
+#   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) STEPS (5) TOKENIZER_PATH
+#        DATA_PATH (generated if absent) BATCH_TOKENS (the presets; set only for CPU smoke runs)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+if [ $# -lt 2 ]; then echo "usage: bash tools/gpu/ab_session.sh OUT_DIR MODEL:SEQ:LABEL[:SCRIPT_DIR[:ENV=V,...]]..." >&2; exit 2; fi
+OUT=$1; shift
+for item in "$@"; do  # every item checked before any long work
+  IFS=: read -r model seq label dir envs <<< "$item"
+  case "$model" in baseline|hybrid) ;; *) echo "ITEM $item: model '$model', expected baseline or hybrid" >&2; exit 2 ;; esac
+  [[ "$seq" =~ ^[0-9]+$ ]] || { echo "ITEM $item: seq '$seq', expected a number" >&2; exit 2; }
+  [ -n "$label" ] || { echo "ITEM $item: no LABEL" >&2; exit 2; }
+  [ -f "${dir:-.}/train_gpt.py" ] || { echo "ITEM $item: SCRIPT_DIR '${dir}' has no train_gpt.py" >&2; exit 2; }
+done
+TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}
+if [ ! -f "$TOK" ]; then echo "TOKENIZER_PATH $TOK: no such file" >&2; exit 2; fi
+export PYTHONUNBUFFERED=1 BENCH_WORKDIR=${BENCH_WORKDIR:-/tmp/bench_step_time}
+mkdir -p "$OUT/logs"; rm -f "$OUT/DONE"
+DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
+[ -f "$DATA/synthetic_train_000000.bin" ] || \
+  python3 data/make_synthetic_dataset.py --out "$DATA" --train-tokens 12000000 --val-tokens 300000 > /dev/null
+if [ -n "${CHECK_GDN:-}" ]; then
+  python3 tools/check_gdn_fla.py --seq-lens "$CHECK_GDN" > "$OUT/gdn_check.txt" 2>&1
+  echo "check_gdn_fla: exit $? ($(tail -1 "$OUT/gdn_check.txt"))"
+fi
+for item in "$@"; do
+  IFS=: read -r model seq label dir envs <<< "$item"
+  extra=(); [ -n "$envs" ] && IFS=, read -r -a extra <<< "$envs"
+  env "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" --data "$DATA" --steps "${STEPS:-5}" \
+    --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" --seq-lens "$seq" --script-dir "${dir:-.}" \
+    --label "$label" ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$OUT/bench_${label}_${model}_${seq}.txt" 2>&1
+  grep -E "^probe" "$OUT/bench_${label}_${model}_${seq}.txt" | tee -a "$OUT/probes.txt"
+  grep -q "^probe" "$OUT/bench_${label}_${model}_${seq}.txt" || echo "$item: no probe ($(tail -1 "$OUT/bench_${label}_${model}_${seq}.txt"))"
+  for f in "$BENCH_WORKDIR"/logs/*.txt; do  # the study's lines of each run (the full logs hold the source too)
+    [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|gdn_impl|model:|device:)" "$f" > "$OUT/logs/$(basename "$f")"
+  done
+done
+touch "$OUT/DONE"
