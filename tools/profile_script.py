@@ -21,6 +21,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.profile_summary import summarize  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile_per_step steps:{a.active} gpu_busy_ms:{busy_ms:.1f} wall_ms:{wall_ms:.1f} "
           f"busy_fraction:{busy_ms / wall_ms:.2f}")
     if a.out:
-        Path(a.out).write_text(averages.table(sort_by="self_device_time_total", row_limit=200,
-                                              max_name_column_width=120))
+        table = averages.table(sort_by="self_device_time_total", row_limit=-1, max_name_column_width=120)
+        Path(a.out).write_text(table)
+        if torch.cuda.is_available():
+            for kind, ms in sorted(summarize(table, a.active).items(), key=lambda kv: -kv[1]):
+                print(f"profile_kind kind:{kind.replace(' ', '_')} gpu_ms_per_step:{ms:.1f}")
     return 0
 
 

@@ -1,0 +1,53 @@
+"""tools/profile_summary.py: GPU time per step by kind from a torch.profiler key_averages table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from tools.profile_summary import kind_of, summarize  # noqa: E402
+
+HEADER = ["Name", "Self CPU %", "Self CPU", "CPU total %", "CPU total", "CPU time avg", "Self CUDA", "Self CUDA %",
+          "CUDA total", "CUDA time avg", "# of Calls"]
+
+
+def table(rows):
+    def line(cells):
+        return "  ".join(f"{c:>14s}" for c in cells)
+    dash = "  ".join("-" * 14 for _ in HEADER)
+    body = [line([name] + ["0.00%", "1.000us", "0.00%", "1.000us", "1.000us", t, "1.00%", t, "1.000us", "4"])
+            for name, t in rows]
+    return "\n".join([dash, line(HEADER), dash] + body + [dash])
+
+
+def test_kinds_add_up_once_per_kernel():
+    rows = [("ProfilerStep*", "1.200s"), ("aten::mm", "100.000ms"), ("gdn_repro::chunk_gdr_bwd", "90.000ms"),
+            ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", "80.000ms"),
+            ("chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64", "50.000ms"),
+            ("triton_poi_fused_add_mul_0", "30.000ms"), ("triton_poi_fused_add_mul_0", "30.000ms"),
+            ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "40.000ms"),
+            ("void at::native::elementwise_kernel<128, 4>", "500.000us"), ("some_new_kernel", "2.000ms")]
+    got = summarize(table(rows), steps=2)
+    assert got == pytest.approx({"attention": 40.0, "FLA (GDN, conv)": 25.0, "inductor (Triton)": 15.0,
+                                 "matmul": 20.0, "aten elementwise/copies": 0.25, "other": 1.0})
+
+
+def test_kind_names():
+    assert kind_of("causal_conv1d_fwd_kernel") == "FLA (GDN, conv)"
+    assert kind_of("triton_red_fused_sum_3") == "inductor (Triton)"
+
+
+def test_cli_refuses_what_is_not_a_table(tmp_path):
+    bad = tmp_path / "t.txt"
+    bad.write_text("hello\n")
+    r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(bad), "--steps", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "t.txt" in r.stderr and "not a torch.profiler kernel table" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "none.txt"),
+                        "--steps", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "none.txt: no such file" in r.stderr
