@@ -177,15 +177,20 @@ def time_op(B, T, H, dk, dv):
                 o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
             o.float().sum().backward()
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-        res[name] = (time.perf_counter() - t0) / 10 * 1000
+        res[name] = gpu_ms(step)
     return res
+
+
+def gpu_ms(step, warmup: int = 3, iters: int = 10) -> float:
+    """Mean wall ms of step() on the GPU, after warm-up calls (compilation, autotuning)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1000
 
 
 def time_conv(B, T, C):
@@ -194,16 +199,7 @@ def time_conv(B, T, C):
     res = {}
     for name, fn in (("fla", lambda x, w: gdn.conv1d_silu(x, w, "fla")),
                      ("torch", torch.compile(gdn.causal_conv1d_silu))):
-        def step():
-            fn(x, w).float().sum().backward()
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-        res[name] = (time.perf_counter() - t0) / 10 * 1000
+        res[name] = gpu_ms(lambda: fn(x, w).float().sum().backward())
     return res
 
 
