@@ -35,22 +35,18 @@ def only_train(root: Path) -> Path:
     return d
 
 
-def bad_magic_second_train(root: Path) -> Path:
-    d = good(root)
-    write_shard(d / "fineweb_train_000001.bin", learnable_tokens(5000), magic=20240521)
-    return d
+def rewritten(name: str, n_tokens: int, **header):
+    """A good dataset with one shard written again with other header fields (magic, version, count)."""
+    def build(root: Path) -> Path:
+        d = good(root)
+        write_shard(d / name, learnable_tokens(n_tokens), **header)
+        return d
+    return build
 
 
-def bad_size_train(root: Path) -> Path:
-    d = good(root)
-    write_shard(d / "fineweb_train_000001.bin", learnable_tokens(5000), count=5001)
-    return d
-
-
-def bad_version_val(root: Path) -> Path:
-    d = good(root)
-    write_shard(d / "fineweb_val_000000.bin", learnable_tokens(1000), version=3)
-    return d
+bad_magic_second_train = rewritten("fineweb_train_000001.bin", 5000, magic=20240521)
+bad_size_train = rewritten("fineweb_train_000001.bin", 5000, count=5001)
+bad_version_val = rewritten("fineweb_val_000000.bin", 1000, version=3)
 
 
 def short_val(root: Path) -> Path:

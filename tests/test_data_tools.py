@@ -71,11 +71,16 @@ def _good_shard(path, n=100):
     return path
 
 
-def test_bad_magic(tmp_path):
-    path = _good_shard(tmp_path / "badmagic.bin")
+def _with_header_int(path, index: int, value: int):
+    """Overwrite header int number `index` (0: magic, 1: version, 2: token count) of a shard."""
     raw = bytearray(path.read_bytes())
-    raw[0:4] = np.array([12345], dtype="<i4").tobytes()
+    raw[4 * index:4 * index + 4] = np.array([value], dtype="<i4").tobytes()
     path.write_bytes(bytes(raw))
+    return path
+
+
+def test_bad_magic(tmp_path):
+    path = _with_header_int(_good_shard(tmp_path / "badmagic.bin"), 0, 12345)
     with pytest.raises(ValueError, match=r"badmagic\.bin.*magic.*20240520"):
         read_header(path)
     with pytest.raises(ValueError, match="badmagic.bin"):
@@ -84,10 +89,7 @@ def test_bad_magic(tmp_path):
 
 
 def test_bad_version(tmp_path):
-    path = _good_shard(tmp_path / "badversion.bin")
-    raw = bytearray(path.read_bytes())
-    raw[4:8] = np.array([7], dtype="<i4").tobytes()
-    path.write_bytes(bytes(raw))
+    path = _with_header_int(_good_shard(tmp_path / "badversion.bin"), 1, 7)
     with pytest.raises(ValueError, match=r"badversion\.bin.*version 7"):
         read_header(path)
 

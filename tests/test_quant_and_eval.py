@@ -259,9 +259,8 @@ def test_luts_fake_vocab():
 # ------------------------------------------------------------------------------------------------
 
 
-@needs_tokenizer
-@pytest.mark.parametrize("val_batch_size", [256, 2048])  # 2 sequences per batch (ragged last), or all at once
-def test_eval_val_matches_hand_computation(clean_env, sp, val_batch_size):
+def tiny_perturbed_model(clean_env, val_batch_size: int):
+    """A 2-layer baseline (TRAIN_SEQ_LEN 16) with every weight moved off its init (zero-init hides errors)."""
     for k, v in dict(MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", TRAIN_SEQ_LEN="16",
                      VAL_BATCH_SIZE=str(val_batch_size)).items():
         clean_env.setenv(k, v)
@@ -271,6 +270,13 @@ def test_eval_val_matches_hand_computation(clean_env, sp, val_batch_size):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
+    return args, model
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("val_batch_size", [256, 2048])  # 2 sequences per batch (ragged last), or all at once
+def test_eval_val_matches_hand_computation(clean_env, sp, val_batch_size):
+    args, model = tiny_perturbed_model(clean_env, val_batch_size)
     text = ("Gated DeltaNet layers replace most attention layers in the hybrid; the baseline keeps them all. "
             "Which one learns more per second at 16384 tokens of context?")
     ids = sp.encode(text) * 3
@@ -300,15 +306,7 @@ def test_eval_val_matches_hand_computation(clean_env, sp, val_batch_size):
 @needs_tokenizer
 def test_eval_val_rank_split(clean_env, sp):
     """Ranks evaluate disjoint, contiguous runs of sequences that together cover the split."""
-    for k, v in dict(MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", TRAIN_SEQ_LEN="16",
-                     VAL_BATCH_SIZE="128").items():
-        clean_env.setenv(k, v)
-    args = BASE.Hyperparameters()
-    torch.manual_seed(0)
-    model = BASE.GPT(args)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    args, model = tiny_perturbed_model(clean_env, 128)
     ids = sp.encode("one two three four five six seven eight nine ten eleven twelve " * 12)
     val = torch.tensor(ids[: 7 * 16 + 1], dtype=torch.int32)
     luts = BASE.build_byte_luts(sp, 1024)
