@@ -106,3 +106,18 @@ def test_ab_session_runs_items_in_order(tmp_path):
                if ln.startswith("device:")]
     assert sorted(budgets) == ["0.5", "1"]
     assert (out / "DONE").exists()
+
+
+def test_gdn_path_names_each_fla_path():
+    """The probe's gdn field tells the GDN op path and the conv path apart (a v3 line names both)."""
+    from tools.bench_step_time import gdn_path
+    core = "gdn_impl:fla GDN core: fla-core 0.6.0 chunk_gated_delta_rule (TileLang backward: ...)"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph)") == "fla-op"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: fla causal_conv1d as a "
+                    "torch custom op") == "fla-op+conv-op"
+    assert gdn_path(core + " (public op, graph breaks: custom op not registered: X); conv: fla causal_conv1d as "
+                    "a torch custom op") == "fla-public+conv-op"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (fla "
+                    "causal_conv1d not registered: Y)") == "fla-op"
+    assert gdn_path("gdn_impl:torch GDN core: our chunked PyTorch gated delta rule (fp32)") == "torch"
+    assert gdn_path("") == "-"

@@ -58,6 +58,18 @@ def model_flops_per_token(model: str, seq_len: int) -> float:
     return 3.0 * fwd
 
 
+def gdn_path(gdn_line: str) -> str:
+    """The GDN implementation a run logged (its `gdn_impl:` line): torch, fla-op (FLA's GDN as our custom op: one
+    compiled graph) or fla-public (FLA's public op: graph breaks), plus +conv-op where FLA's conv ran as our op."""
+    if not gdn_line:
+        return "-"
+    gdn = gdn_line.split(":", 1)[1].split()[0]
+    if gdn == "fla":
+        gdn += "-op" if "as one torch custom op" in gdn_line else "-public"
+        gdn += "+conv-op" if "conv: fla causal_conv1d as a torch custom op" in gdn_line else ""
+    return gdn
+
+
 def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict:
     run_id = f"bench_{model}_seq{seq_len}_{int(time.time())}"
     env = dict(os.environ, DATA_PATH=a.data, TOKENIZER_PATH=a.tokenizer, RUN_ID=run_id,
@@ -79,10 +91,7 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     ms = statistics.median([b - a_ for a_, b in zip(times[skip:], times[skip + 1:])])
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()
     attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
-    gdn_line = next((ln for ln in text if ln.startswith("gdn_impl:")), "")
-    gdn = gdn_line.split(":", 1)[1].split()[0] if gdn_line else "-"
-    if gdn == "fla":  # which FLA path: our custom op (one compiled graph) or the public op (graph breaks)
-        gdn += "-op" if "custom op" in gdn_line else "-public"
+    gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
