@@ -749,18 +749,32 @@ def fla_gated_delta_rule_public(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta
     return o
 
 
+def fla_functions(module: str, needs: dict[str, set[str]]) -> tuple[list, str | None]:
+    """fla-core's functions named in `needs` from `module`, each checked to take the given parameters:
+    (functions, None), or ([], why not) on another fla-core version."""
+    try:
+        mod = __import__(module, fromlist=list(needs))
+        fns = [getattr(mod, name) for name in needs]
+        for fn, (name, params) in zip(fns, needs.items()):
+            if not params <= set(inspect.signature(fn).parameters):
+                return [], f"fla's {name} has another signature"
+    except Exception as e:  # another fla-core version, or none
+        return [], f"{type(e).__name__}: {e}"
+    return fns, None
+
+
 def register_fla_gdn_op() -> str | None:
     """Register FLA's chunked gated delta rule (its forward and backward functions) as a torch custom op, so
     that torch.compile traces the whole model as one graph. Returns None when done, else why not (then the
     public op runs, with one graph break per GDN layer)."""
     global GDN_OP
-    try:
-        from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
-        params = inspect.signature(chunk_gated_delta_rule_bwd).parameters
-        if not {"q", "k", "v", "g", "beta", "A", "scale", "initial_state", "do", "dht"} <= set(params):
-            return "fla's chunk_gated_delta_rule_bwd has another signature"
-    except Exception as e:  # another fla-core version
-        return f"{type(e).__name__}: {e}"
+    common = {"q", "k", "v", "g", "beta", "scale", "initial_state"}
+    fns, why = fla_functions("fla.ops.gated_delta_rule.chunk",
+                             {"chunk_gated_delta_rule_fwd": common | {"output_final_state"},
+                              "chunk_gated_delta_rule_bwd": common | {"A", "do", "dht"}})
+    if why is not None:
+        return why
+    chunk_gated_delta_rule_fwd, chunk_gated_delta_rule_bwd = fns
     if GDN_OP is not None:
         return None
 
@@ -820,14 +834,12 @@ def register_fla_conv_op() -> str | None:
     """Register FLA's causal conv1d + SiLU (Triton forward and backward, the original's conv) as a torch custom
     op. Returns None when done, else why not (then the PyTorch form below runs, fused by torch.compile)."""
     global CONV_OP
-    try:
-        from fla.modules.causal_conv1d.ops import causal_conv1d_bwd, causal_conv1d_fwd
-        need = {"x", "weight", "bias", "residual", "initial_state", "activation"}
-        if not (need <= set(inspect.signature(causal_conv1d_fwd).parameters)
-                and need | {"dy", "dht"} <= set(inspect.signature(causal_conv1d_bwd).parameters)):
-            return "fla's causal_conv1d_fwd/bwd have other signatures"
-    except Exception as e:  # another fla-core version
-        return f"{type(e).__name__}: {e}"
+    common = {"x", "weight", "bias", "residual", "initial_state", "activation"}
+    fns, why = fla_functions("fla.modules.causal_conv1d.ops", {"causal_conv1d_fwd": common | {"output_final_state"},
+                                                                 "causal_conv1d_bwd": common | {"dy", "dht"}})
+    if why is not None:
+        return why
+    causal_conv1d_fwd, causal_conv1d_bwd = fns
     if CONV_OP is not None:
         return None
 

@@ -67,7 +67,18 @@ def test_conv_custom_op_matches_pytorch_form(monkeypatch):
     saved, gdn.CONV_OP = gdn.CONV_OP, None
     try:
         monkeypatch.setattr(sys.modules["fla.modules.causal_conv1d.ops"], "causal_conv1d_bwd", lambda x, dy: None)
-        assert "other signatures" in gdn.register_fla_conv_op()
+        assert gdn.register_fla_conv_op() == "fla's causal_conv1d_bwd has another signature"
         assert gdn.CONV_OP is None
     finally:
         gdn.CONV_OP = saved
+
+
+def test_fla_ops_refused_without_fla_core(monkeypatch):
+    """No fla-core: both registrations say why (the import error) and leave their op unset."""
+    gdn = load_script("train_gpt_gdn")
+    monkeypatch.setitem(sys.modules, "fla", None)  # import fla -> ModuleNotFoundError
+    monkeypatch.setattr(gdn, "GDN_OP", None)
+    monkeypatch.setattr(gdn, "CONV_OP", None)
+    assert gdn.register_fla_gdn_op().startswith("ModuleNotFoundError")
+    assert gdn.register_fla_conv_op().startswith("ModuleNotFoundError")
+    assert gdn.GDN_OP is None and gdn.CONV_OP is None
