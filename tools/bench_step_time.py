@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tools.checks import positive_ints  # noqa: E402
 from tools.log_parser import parse_file  # noqa: E402
 
 SCRIPTS = {"baseline": "train_gpt.py", "hybrid": "train_gpt_gdn.py"}
@@ -170,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in models if m not in SCRIPTS]
     if bad:
         p.error(f"--models: unknown {bad}, expected baseline and/or hybrid")
-    try:
-        seq_lens = [int(s) for s in a.seq_lens.split(",") if s]
-    except ValueError:
-        p.error(f"--seq-lens {a.seq_lens!r}: expected comma-separated integers")
+    seq_lens = positive_ints(p, "--seq-lens", a.seq_lens)
     if a.steps < 4:
         p.error("--steps: expected at least 4")
     global BATCH_OVERRIDE

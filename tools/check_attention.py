@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.checks import rel  # noqa: E402
+from tools.checks import positive_ints, rel  # noqa: E402
 gpt = importlib.import_module("train_gpt")
 TOL = 2e-2
 
@@ -40,11 +40,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", default="1024,8192")
     a = p.parse_args()
+    seq_lens = positive_ints(p, "--seq-lens", a.seq_lens)
     if not torch.cuda.is_available():
         print("error: this check needs a CUDA GPU", file=sys.stderr)
         return 2
     failed = total = 0
-    for T in (int(s) for s in a.seq_lens.split(",")):
+    for T in seq_lens:
         torch.manual_seed(T)
         layer = gpt.CausalSelfAttention(512, 8, 4, 10000.0, 1.5).cuda()
         torch.nn.init.normal_(layer.proj.weight, std=0.02)  # zero-init would hide the gradients upstream

@@ -83,6 +83,11 @@ def main() -> int:
     p.add_argument("--cpu-bf16", action="store_true", help="on the CPU with bf16 autocast as on a GPU (slow): "
                    "the rounding behaviour of compiled vs eager without FLA")
     a = p.parse_args()
+    scripts = [s for s in a.scripts.split(",") if s]
+    if not scripts or set(scripts) - {"train_gpt", "train_gpt_gdn"}:
+        p.error(f"--scripts {a.scripts!r}: expected train_gpt and/or train_gpt_gdn, comma-separated")
+    if a.seq_len < 1 or a.batch < 1:
+        p.error(f"--seq-len {a.seq_len} --batch {a.batch}: expected positive integers")
     a.cpu = a.cpu or a.cpu_bf16
     if not a.cpu and not torch.cuda.is_available():
         print("error: this check needs a CUDA GPU (or --cpu for a smoke test)", file=sys.stderr)
@@ -90,7 +95,7 @@ def main() -> int:
     dev = torch.device("cpu" if a.cpu else "cuda")
     print(f"card:{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} torch:{torch.__version__}")
     failed = total = 0
-    for script in a.scripts.split(","):
+    for script in scripts:
         for name, what, e_comp, e_eager, tol in check(script, a.seq_len, a.batch, dev, a.cpu_bf16):
             ok = e_comp <= tol
             failed += not ok

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.checks import rel  # noqa: E402
+from tools.checks import positive_ints, rel  # noqa: E402
 gdn = importlib.import_module("train_gpt_gdn")
 
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
@@ -209,6 +209,9 @@ def main() -> int:
     p.add_argument("--seq-lens", default="100,256,8192")
     p.add_argument("--batch", type=int, default=2)
     a = p.parse_args()
+    seq_lens = positive_ints(p, "--seq-lens", a.seq_lens)
+    if a.batch < 1:
+        p.error(f"--batch {a.batch}: expected a positive integer")
     if not torch.cuda.is_available():
         print("error: this check needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -219,7 +222,7 @@ def main() -> int:
     print(f"custom op: {gdn.register_fla_gdn_op() or 'registered'}")
     print(f"conv custom op: {gdn.register_fla_conv_op() or 'registered'}")
     rows = []
-    for i, T in enumerate(int(s) for s in a.seq_lens.split(",")):
+    for i, T in enumerate(seq_lens):
         for dk, dv in ((42, 84), (64, 128)):
             rows += [(f"T={T} dk={dk} dv={dv} " + n, w, e, tol)
                      for n, w, e, tol in check_op(a.batch, T, 8, dk, dv, with_recurrence=T <= 256, seed=10 + i)]

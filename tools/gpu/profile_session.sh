@@ -8,21 +8,30 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -lt 1 ]; then echo "usage: bash tools/gpu/profile_session.sh OUT_DIR" >&2; exit 2; fi
-OUT=$1; mkdir -p "$OUT"
+OUT=$1
+RUNS=${RUNS:-hybrid:8192 baseline:8192 check}
+for run in $RUNS; do  # every item checked before any long work
+  [ "$run" = check ] && continue
+  model=${run%%:*}; seq=${run#*:}
+  case "$model" in baseline|hybrid) ;;
+    *) echo "RUNS: unknown model '$model' in '$run' (expected baseline:SEQ, hybrid:SEQ or check)" >&2; exit 2 ;; esac
+  [[ "$seq" =~ ^[0-9]+$ ]] || { echo "RUNS: seq '$seq' in '$run' is not a number" >&2; exit 2; }
+done
+[[ "${LIMIT:-300}" =~ ^[0-9]+$ ]] || { echo "LIMIT=${LIMIT}: expected seconds (a whole number)" >&2; exit 2; }
+mkdir -p "$OUT"
 TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}
 if [ ! -f "$TOK" ]; then echo "TOKENIZER_PATH $TOK: no such file" >&2; exit 2; fi
 DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
 [ -f "$DATA/synthetic_train_000000.bin" ] || \
   python3 data/make_synthetic_dataset.py --out "$DATA" --train-tokens 12000000 --val-tokens 300000 > /dev/null
 export PYTHONUNBUFFERED=1
-for run in ${RUNS:-hybrid:8192 baseline:8192 check}; do
+for run in $RUNS; do
   if [ "$run" = check ]; then
     timeout 240 python3 tools/check_compile.py > "$OUT/compile_check.txt" 2>&1; echo "check_compile: exit $?"
     tail -2 "$OUT/compile_check.txt"; continue
   fi
-  model=${run%%:*}; seq=${run##*:}
-  case "$model" in baseline) script=train_gpt.py ;; hybrid) script=train_gpt_gdn.py ;;
-    *) echo "RUNS: unknown model '$model' in '$run' (expected baseline:SEQ or hybrid:SEQ)" >&2; exit 2 ;; esac
+  model=${run%%:*}; seq=${run#*:}
+  script=train_gpt.py; [ "$model" = hybrid ] && script=train_gpt_gdn.py
   batch=393216; [ "$seq" -gt 16384 ] && batch=524288
   env DATA_PATH="$DATA" TOKENIZER_PATH="$TOK" RUN_ID="profile_${model}_seq${seq}" TRAIN_SEQ_LEN="$seq" \
     TRAIN_BATCH_TOKENS=$batch ITERATIONS=6 WARMUP_STEPS=3 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 VAL_MAX_TOKENS="$seq" \

@@ -1,0 +1,55 @@
+"""The GPU tools refuse bad options with one line naming the option, exit 2, before any work (so on a CPU-only
+machine too: the options are checked before the tools look for CUDA)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from tools.checks import positive_ints  # noqa: E402
+
+
+def test_positive_ints():
+    p = argparse.ArgumentParser(prog="t")
+    assert positive_ints(p, "--seq-lens", "1024,8192") == [1024, 8192]
+    assert positive_ints(p, "--seq-lens", "100,") == [100]
+    for bad in ("", "abc", "8192,x", "0,4", "-1"):
+        with pytest.raises(SystemExit):
+            positive_ints(p, "--seq-lens", bad)
+
+
+@pytest.mark.parametrize("tool,args,message", [
+    ("check_gdn_fla.py", ["--seq-lens", "abc"], "--seq-lens 'abc': expected comma-separated positive integers"),
+    ("check_gdn_fla.py", ["--batch", "0"], "--batch 0"),
+    ("check_attention.py", ["--seq-lens", "0,1024"], "--seq-lens '0,1024'"),
+    ("check_compile.py", ["--scripts", "train_gpt,nope"], "--scripts 'train_gpt,nope'"),
+    ("check_compile.py", ["--seq-len", "0"], "--seq-len 0"),
+    ("saved_activations.py", ["--budgets", "1,2"], "--budgets '1,2': expected numbers in (0, 1]"),
+    ("saved_activations.py", ["--budgets", "x"], "--budgets 'x'"),
+    ("bench_step_time.py", ["--seq-lens", "8k"], "--seq-lens '8k'"),
+])
+def test_bad_option_is_refused(tool, args, message):
+    r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr[-1000:]
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("env,message", [
+    (dict(RUNS="hybrid:8192 gpt:1024"), "RUNS: unknown model 'gpt'"),
+    (dict(RUNS="check baseline:8k"), "RUNS: seq '8k'"),
+    (dict(LIMIT="five"), "LIMIT=five"),
+])
+def test_profile_session_checks_its_items_first(tmp_path, env, message):
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/profile_session.sh"), str(out)], capture_output=True,
+                       text=True, env={**os.environ, **env}, timeout=60)
+    assert r.returncode == 2 and message in r.stderr
+    assert not out.exists()  # nothing started
