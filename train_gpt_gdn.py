@@ -830,24 +830,106 @@ def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
     return fla_gated_delta_rule_public(q, k, v, g, beta.to(q.dtype), scale)
 
 
-def register_fla_conv_op() -> str | None:
-    """Register FLA's causal conv1d + SiLU (Triton forward and backward, the original's conv) as a torch custom
-    op. Returns None when done, else why not (then the PyTorch form below runs, fused by torch.compile)."""
+def build_conv_kernels():
+    """Our Triton kernels for the depthwise causal conv + SiLU of x (B, T, D) with weight (D, K), fp32 inside:
+    (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q|k|v slice of the fused
+    projection is. The backward recomputes the conv at the K rows each dx row needs (from cache) instead of
+    saving it, and writes the weight gradient as per-tile partial sums, summed in a fixed order (deterministic)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def fwd_kernel(x, w, y, T, D, sxb, sxt, syb, syt, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+        i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        t = i_t * BT + tl.arange(0, BT)
+        d = i_d * BD + tl.arange(0, BD)
+        md = d < D
+        z = tl.zeros([BT, BD], dtype=tl.float32)
+        for j in tl.static_range(K):  # z_t = sum_j w_j x_{t-K+1+j}, zero before the sequence start
+            s = t - (K - 1) + j
+            m = ((s >= 0) & (s < T))[:, None] & md[None, :]
+            xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
+            z += xs * tl.load(w + d * K + j, mask=md, other=0.0).to(tl.float32)[None, :]
+        out = z * tl.sigmoid(z)
+        tl.store(y + i_b * syb + t[:, None] * syt + d[None, :], out.to(y.dtype.element_ty),
+                 mask=(t < T)[:, None] & md[None, :])
+
+    @triton.jit
+    def bwd_kernel(x, w, dy, dx, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
+                   BD: tl.constexpr):
+        i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        t = i_t * BT + tl.arange(0, BT)
+        d = i_d * BD + tl.arange(0, BD)
+        md = d < D
+        acc = tl.zeros([BT, BD], dtype=tl.float32)
+        for i in tl.static_range(K):  # dx_t = sum_i w_{K-1-i} dz_{t+i}, dz = dy silu'(z), z recomputed
+            r = t + i
+            z = tl.zeros([BT, BD], dtype=tl.float32)
+            for j in tl.static_range(K):
+                s = r - (K - 1) + j
+                m = ((s >= 0) & (s < T))[:, None] & md[None, :]
+                xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
+                z += xs * tl.load(w + d * K + j, mask=md, other=0.0).to(tl.float32)[None, :]
+            g = tl.load(dy + i_b * sdb + r[:, None] * sdt + d[None, :], mask=(r < T)[:, None] & md[None, :],
+                        other=0.0).to(tl.float32)
+            sg = tl.sigmoid(z)
+            dz = g * sg * (1.0 + z * (1.0 - sg))
+            acc += dz * tl.load(w + d * K + (K - 1 - i), mask=md, other=0.0).to(tl.float32)[None, :]
+            if i == 0:  # dw_j partial of this tile: sum_t dz_t x_{t-K+1+j}
+                part = dw + ((i_b * tl.num_programs(0) + i_t) * D + d) * K
+                for j in tl.static_range(K):
+                    s = t - (K - 1) + j
+                    m = ((s >= 0) & (s < T))[:, None] & md[None, :]
+                    xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
+                    tl.store(part + j, tl.sum(dz * xs, axis=0), mask=md)
+        tl.store(dx + i_b * T * D + t[:, None] * D + d[None, :], acc.to(dx.dtype.element_ty),
+                 mask=(t < T)[:, None] & md[None, :])
+
+    # On the GPU, Triton picks the tile width and warps by timing (once per width D); the CPU interpreter
+    # (tests) runs one fixed tile. Neither changes what a row or column computes.
+    tuned = os.environ.get("TRITON_INTERPRET") != "1"
+    if tuned:
+        configs = [triton.Config({"BD": bd}, num_warps=nw) for bd in (64, 128) for nw in (4, 8)]
+        fwd_kernel = triton.autotune(configs, key=["D", "K"])(fwd_kernel)
+        bwd_kernel = triton.autotune(configs, key=["D", "K"])(bwd_kernel)
+    tile = {} if tuned else {"BD": 64}
+
+    def fwd(x: Tensor, weight: Tensor) -> Tensor:
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        (B, T, D), K, BT = x.shape, weight.size(1), 64
+        y = x.new_empty(B, T, D)
+        fwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
+            x, weight.contiguous(), y, T, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), K=K, BT=BT, **tile)
+        return y
+
+    def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        (B, T, D), K, BT = x.shape, weight.size(1), 32
+        dx = x.new_empty(B, T, D)
+        parts = torch.empty(B * triton.cdiv(T, BT), D, K, device=x.device, dtype=torch.float32)
+        bwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
+            x, weight.contiguous(), dy, dx, parts, T, D, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
+            K=K, BT=BT, **tile)
+        return dx, parts.sum(0).to(weight.dtype)
+
+    return fwd, bwd
+
+
+def register_conv_op() -> str | None:
+    """Register our Triton conv + SiLU (build_conv_kernels) as a torch custom op, so that the graph stays
+    whole. Returns None when done, else why not (then the PyTorch form below runs, fused by torch.compile)."""
     global CONV_OP
-    common = {"x", "weight", "bias", "residual", "initial_state", "activation"}
-    fns, why = fla_functions("fla.modules.causal_conv1d.ops", {"causal_conv1d_fwd": common | {"output_final_state"},
-                                                                 "causal_conv1d_bwd": common | {"dy", "dht"}})
-    if why is not None:
-        return why
-    causal_conv1d_fwd, causal_conv1d_bwd = fns
     if CONV_OP is not None:
         return None
+    try:
+        conv_fwd, conv_bwd = build_conv_kernels()
+    except Exception as e:  # no Triton
+        return f"{type(e).__name__}: {e}"
 
     @torch.library.custom_op("gdn_repro::conv_silu_fwd", mutates_args=())
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
-        y, _ = causal_conv1d_fwd(x=x, weight=weight, bias=None, residual=None, initial_state=None,
-                                 output_final_state=False, activation="silu")
-        return y.contiguous()
+        return conv_fwd(x, weight)
 
     @fwd.register_fake
     def _(x, weight):
@@ -855,9 +937,7 @@ def register_fla_conv_op() -> str | None:
 
     @torch.library.custom_op("gdn_repro::conv_silu_bwd", mutates_args=())
     def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
-        dx, dw, _, _, _ = causal_conv1d_bwd(x=x, dy=dy, dht=None, weight=weight, bias=None, residual=None,
-                                            initial_state=None, activation="silu")
-        return dx.contiguous(), dw.to(weight.dtype)
+        return conv_bwd(x, weight, dy)
 
     @bwd.register_fake
     def _(x, weight, dy):
@@ -874,12 +954,12 @@ def register_fla_conv_op() -> str | None:
     return None
 
 
-CONV_OP = None  # FLA's conv + SiLU as a custom op, once registered
+CONV_OP = None  # our Triton conv + SiLU as a custom op, once registered
 
 
 def conv1d_silu(x: Tensor, weight: Tensor, impl: str) -> Tensor:
     """Depthwise causal conv + SiLU of x (B, T, C) with weight (C, K) rounded to x's dtype (as a bf16 conv):
-    FLA's Triton kernels (fp32 inside) when registered and the layer runs FLA, else the PyTorch form."""
+    our Triton kernels (fp32 inside) when registered and the layer runs FLA, else the PyTorch form."""
     if impl == "fla" and CONV_OP is not None:
         return CONV_OP(x, weight.to(x.dtype))
     return causal_conv1d_silu(x, weight)
@@ -888,7 +968,7 @@ def conv1d_silu(x: Tensor, weight: Tensor, impl: str) -> Tensor:
 def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
     """SiLU of a depthwise causal convolution over time, x (B, T, C), weight (C, K): a sum of K shifted copies
     of x in (at least) fp32, weights rounded to x's dtype as in a bf16 conv. The CPU path and the fallback: on a
-    GPU its compiled backward makes several fp32 passes and is slower than FLA's kernels (PERF_NOTES v2 profile)."""
+    GPU its compiled backward makes several fp32 passes and is slower than the Triton kernels (PERF_NOTES v2 profile)."""
     K, T = weight.size(1), x.size(1)
     acc = torch.promote_types(x.dtype, torch.float32)
     xp = F.pad(x, (0, 0, K - 1, 0)).to(acc)
@@ -995,9 +1075,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \
                 f" (public op, graph breaks: custom op not registered: {why})"
-            why = register_fla_conv_op()
-            note += "; conv: fla causal_conv1d as a torch custom op" if why is None else \
-                f"; conv: PyTorch (fla causal_conv1d not registered: {why})"
+            why = register_conv_op()
+            note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
+                f"; conv: PyTorch (triton conv kernels not registered: {why})"
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"

@@ -1,8 +1,8 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through both our custom op (FLA's forward/backward functions, traceable by torch.compile) and FLA's public
-op; FLA's causal conv1d + SiLU (our custom op) against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch (same weights, bf16
-autocast).
+op; our Triton causal conv1d + SiLU (custom op) against our fp32 form; then the whole GatedDeltaNet layer with
+impl=fla, eager and compiled, against impl=torch (same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -96,7 +96,7 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
 
 
 def check_conv(B, T, C, seed):
-    """FLA's causal conv1d + SiLU (our custom op) against the fp32 PyTorch form on a strided view of a wider
+    """Our Triton causal conv1d + SiLU (custom op) against the fp32 PyTorch form on a strided view of a wider
     tensor, as the layer feeds it (the q|k|v slice of one projection): output, dx, dweight."""
     dev = torch.device("cuda")
     torch.manual_seed(seed)
@@ -107,18 +107,18 @@ def check_conv(B, T, C, seed):
     def ours(x, w):
         return gdn.causal_conv1d_silu(x.float(), w.bfloat16().float())
 
-    def fla(x, w):
+    def op(x, w):
         return gdn.conv1d_silu(x[..., :C], w, "fla").float()
 
     o_ref, g_ref = grads_of(ours, (wide[..., :C].float(), w), dy)
     x_leaf = wide.detach().clone().requires_grad_(True)
     w_leaf = w.detach().clone().requires_grad_(True)
-    o = fla(x_leaf, w_leaf)
+    o = op(x_leaf, w_leaf)
     o.backward(dy)
-    rows = [("conv fla op vs fp32", "o", rel(o.detach(), o_ref), TOL_BF16),
-            ("conv fla op vs fp32", "dx", rel(x_leaf.grad[..., :C].float(), g_ref[0]), TOL_BF16),
-            ("conv fla op vs fp32", "dx outside the slice == 0", float(x_leaf.grad[..., C:].abs().max()), 0.0),
-            ("conv fla op vs fp32", "dweight", rel(w_leaf.grad, g_ref[1]), TOL_BF16)]
+    rows = [("conv triton op vs fp32", "o", rel(o.detach(), o_ref), TOL_BF16),
+            ("conv triton op vs fp32", "dx", rel(x_leaf.grad[..., :C].float(), g_ref[0]), TOL_BF16),
+            ("conv triton op vs fp32", "dx outside the slice == 0", float(x_leaf.grad[..., C:].abs().max()), 0.0),
+            ("conv triton op vs fp32", "dweight", rel(w_leaf.grad, g_ref[1]), TOL_BF16)]
     return rows
 
 
@@ -197,8 +197,10 @@ def time_conv(B, T, C):
     x = torch.randn(B, T, C, device="cuda").bfloat16().requires_grad_(True)
     w = torch.randn(C, 4, device="cuda").requires_grad_(True)
     dy = torch.randn(B, T, C, device="cuda").bfloat16()
+    from fla.modules.causal_conv1d import causal_conv1d  # FLA's kernels: the conv path of v3
     res = {}
-    for name, fn in (("fla", lambda x, w: gdn.conv1d_silu(x, w, "fla")),
+    for name, fn in (("op", lambda x, w: gdn.conv1d_silu(x, w, "fla")),
+                     ("fla", lambda x, w: causal_conv1d(x, w.to(x.dtype), activation="silu")[0]),
                      ("torch", torch.compile(gdn.causal_conv1d_silu))):
         res[name] = gpu_ms(lambda: fn(x, w).backward(dy))  # a given bf16 dy: no loss kernels in the timing
     return res
@@ -220,7 +222,7 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"fla:{fla.__version__} hopper_triton_issue:{gdn.triton_breaks_hopper_gdn(torch.device('cuda'))}")
     print(f"custom op: {gdn.register_fla_gdn_op() or 'registered'}")
-    print(f"conv custom op: {gdn.register_fla_conv_op() or 'registered'}")
+    print(f"conv custom op: {gdn.register_conv_op() or 'registered'}")
     rows = []
     for i, T in enumerate(seq_lens):
         for dk, dv in ((42, 84), (64, 128)):
@@ -240,8 +242,8 @@ def main() -> int:
               f"ours(torch fp32) {t['torch']:.2f} ms")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_conv(B, T, 1344)
-        print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: fla op {t['fla']:.2f} ms, "
-              f"PyTorch form compiled {t['torch']:.2f} ms")
+        print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: triton op {t['op']:.2f} ms, fla kernels "
+              f"{t['fla']:.2f} ms, PyTorch form compiled {t['torch']:.2f} ms")
     print(f"gdn_check: {len(rows) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -1,0 +1,78 @@
+"""The hybrid's own Triton conv + SiLU kernels (train_gpt_gdn.build_conv_kernels, run as the custom op
+gdn_repro::conv_silu_fwd/bwd) against the PyTorch form, on the CPU under Triton's interpreter (TRITON_INTERPRET=1,
+triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess so that the other tests never import triton): the
+real kernels' outputs and gradients on fresh random inputs, a strided q|k|v-style view, lengths that are not a
+multiple of the tiles, eager and under torch.compile. The kernels are checked on a GPU by tools/check_gdn_fla.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, load_script
+
+TRITON_DIR = Path(os.environ.get("TRITON_INTERP_DIR", REPO / ".cache" / "triton-interp"))
+
+CHECK = textwrap.dedent("""
+    import importlib.util, sys, torch
+    spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+    gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+    assert gdn.register_conv_op() is None and gdn.CONV_OP is not None
+    torch.manual_seed(int(sys.argv[2]))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for B, T, C, K in ((2, 37, 24, 4), (1, 70, 130, 4), (3, 5, 8, 3)):
+            wide = torch.randn(B, T, C + 10, dtype=dtype)  # the op sees a strided view, as of q|k|v
+            w = torch.randn(C, K)
+            dy = torch.randn(B, T, C, dtype=dtype)
+            results = {}
+            for name, fn in (("torch", lambda x, w: gdn.conv1d_silu(x[..., :C], w, "torch")),
+                             ("op", lambda x, w: gdn.conv1d_silu(x[..., :C], w, "fla")),
+                             ("op compiled", torch.compile(lambda x, w: gdn.conv1d_silu(x[..., :C], w, "fla"),
+                                                           dynamic=False))):
+                torch._dynamo.reset()
+                x_leaf, w_leaf = wide.clone().requires_grad_(True), w.clone().requires_grad_(True)
+                y = fn(x_leaf, w_leaf)
+                y.backward(dy)
+                results[name] = (y.detach().float(), x_leaf.grad.float(), w_leaf.grad.float())
+            for name in ("op", "op compiled"):
+                for what, got, ref in zip(("y", "dx", "dw"), results[name], results["torch"]):
+                    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+                    assert err < tol, (name, what, dtype, B, T, C, K, err)
+            assert results["op"][1][..., C:].abs().max() == 0  # no gradient outside the view
+    print("ok")
+""")
+
+
+def test_triton_conv_kernels_match_pytorch_form():
+    if not (TRITON_DIR / "triton").is_dir():
+        pytest.fail(f"triton for the interpreter not found in {TRITON_DIR}: run_tests.sh installs it there "
+                    "(or set TRITON_INTERP_DIR)")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    for seed in (0, 1):
+        r = subprocess.run([sys.executable, "-c", CHECK, str(REPO / "train_gpt_gdn.py"), str(seed)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_conv_op_refused_without_triton(monkeypatch):
+    """No Triton: the registration says why and leaves the op unset (then the PyTorch form runs)."""
+    gdn = load_script("train_gpt_gdn")
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
+    monkeypatch.setattr(gdn, "CONV_OP", None)
+    why = gdn.register_conv_op()
+    assert why is not None and "triton" in why and gdn.CONV_OP is None
+
+
+def test_fla_gdn_op_refused_without_fla_core(monkeypatch):
+    """No fla-core: the GDN op's registration says why (the import error) and leaves the op unset."""
+    gdn = load_script("train_gpt_gdn")
+    monkeypatch.setitem(sys.modules, "fla", None)
+    monkeypatch.setattr(gdn, "GDN_OP", None)
+    assert gdn.register_fla_gdn_op().startswith("ModuleNotFoundError")
+    assert gdn.GDN_OP is None
