@@ -979,6 +979,24 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
     return F.silu(y).to(x.dtype)
 
 
+class SplitLinear(torch.autograd.Function):
+    """F.linear(x, cat(w_1..w_n)).split: one matmul forward; the backward sums one matmul per piece for dx
+    instead of concatenating the pieces' gradients: inductor writes such a cat as per-column where-branches that
+    evaluate every piece's elementwise backward (SiLU, softplus, sigmoid) on all columns (PERF_NOTES, v3 profile)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        ctx.save_for_backward(x, *weights)
+        return F.linear(x, torch.cat(weights)).split([w.size(0) for w in weights], dim=-1)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
+        x, *weights = ctx.saved_tensors
+        dx = sum(g @ w for g, w in zip(grads, weights))
+        x2 = x.reshape(-1, x.size(-1))
+        return (dx, *(g.reshape(-1, g.size(-1)).t() @ x2 for g in grads))
+
+
 class GatedDeltaNet(nn.Module):
     """GDN mixer: q/k/v projections, each through a causal depthwise conv + SiLU; per-head decay
     g = -exp(A_log) softplus(a + dt_bias) and strength beta = 2 sigmoid(b) ('negative eigenvalues');
@@ -1008,9 +1026,10 @@ class GatedDeltaNet(nn.Module):
         H, dk, dv = self.heads, self.dk, self.dv
         kd, vd = H * dk, H * dv
         # One matmul for q|k|v|gate|a|b and one conv for q|k|v; parameters stay separate (Muon: per matrix).
-        w = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.a_proj,
-                                          self.b_proj)]).to(x.dtype)
-        qkv, gate, a, b = F.linear(x, w).split((2 * kd + vd, vd, H, H), dim=-1)
+        w_qkv = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj)]).to(x.dtype)
+        w_ab = torch.cat((self.a_proj.weight, self.b_proj.weight)).to(x.dtype)
+        qkv, gate, ab = SplitLinear.apply(x, w_qkv, self.gate_proj.weight.to(x.dtype), w_ab)
+        a, b = ab.split((H, H), dim=-1)
         qkv = conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)), self.impl)
         q, k, v = qkv.split((kd, kd, vd), dim=-1)
         q, k = l2_normalize(q.reshape(B, T, H, dk)), l2_normalize(k.reshape(B, T, H, dk))
