@@ -108,6 +108,26 @@ def test_ab_session_runs_items_in_order(tmp_path):
     assert (out / "DONE").exists()
 
 
+def test_ab_session_repeat_alternates_order(tmp_path):
+    """REPEAT=2 runs the items twice, the second round in reverse order (new, old, old, new); a bad REPEAT is
+    refused before any run."""
+    subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", str(tmp_path / "data"),
+                    "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
+    env = dict(os.environ, BATCH_TOKENS="2048", STEPS="4", REPEAT="x",
+               DATA_PATH=str(tmp_path / "data"), TOKENIZER_PATH=str(TOKENIZER), BENCH_WORKDIR=str(tmp_path / "w"),
+               MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", COMPILE="0", OMP_NUM_THREADS="1")
+    script, out = str(ROOT / "tools/gpu/ab_session.sh"), tmp_path / "out"
+    items = ["baseline:128:new", "baseline:128:old:.:COMPILE_MEMORY_BUDGET=0.5"]
+    bad = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "REPEAT=x" in bad.stderr and not (out / "probes.txt").exists()
+    env["REPEAT"] = "2"
+    r = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    labels = [ln.rsplit("version:", 1)[1] for ln in (out / "probes.txt").read_text().splitlines()]
+    assert labels == ["new", "old", "old", "new"]
+    assert (out / "bench_new_baseline_128.txt").exists() and (out / "bench_new_baseline_128_r2.txt").exists()
+
+
 def test_gdn_path_names_each_fla_path():
     """The probe's gdn field tells the GDN op path and the conv path apart (a v3 line names both)."""
     from tools.bench_step_time import gdn_path

@@ -7,6 +7,7 @@
 # Usage: bash tools/gpu/ab_session.sh OUT_DIR ITEM...
 #   e.g. ITEMs hybrid:8192:new  hybrid:8192:old:.bench_old  baseline:8192:mb08:.:COMPILE_MEMORY_BUDGET=0.8
 #   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) STEPS (5) TOKENIZER_PATH
+#        REPEAT (1: rounds over the items, every second round in reverse order, for A/B on a drifting card)
 #        DATA_PATH (generated if absent) BATCH_TOKENS (the presets; set only for CPU smoke runs)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +20,8 @@ for item in "$@"; do  # every item checked before any long work
   [ -n "$label" ] || { echo "ITEM $item: no LABEL" >&2; exit 2; }
   [ -f "${dir:-.}/train_gpt.py" ] || { echo "ITEM $item: SCRIPT_DIR '${dir}' has no train_gpt.py" >&2; exit 2; }
 done
+REPEAT=${REPEAT:-1}
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "REPEAT=$REPEAT: expected a positive whole number of rounds" >&2; exit 2; }
 TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}
 if [ ! -f "$TOK" ]; then echo "TOKENIZER_PATH $TOK: no such file" >&2; exit 2; fi
 export PYTHONUNBUFFERED=1 BENCH_WORKDIR=${BENCH_WORKDIR:-/tmp/bench_step_time}
@@ -30,16 +33,23 @@ if [ -n "${CHECK_GDN:-}" ]; then
   python3 tools/check_gdn_fla.py --seq-lens "$CHECK_GDN" > "$OUT/gdn_check.txt" 2>&1
   echo "check_gdn_fla: exit $? ($(tail -1 "$OUT/gdn_check.txt"))"
 fi
-for item in "$@"; do
+run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the first round
+  local item=$1 rep=$2 model seq label dir envs extra=() res
   IFS=: read -r model seq label dir envs <<< "$item"
-  extra=(); [ -n "$envs" ] && IFS=, read -r -a extra <<< "$envs"
+  [ -n "$envs" ] && IFS=, read -r -a extra <<< "$envs"
+  res="$OUT/bench_${label}_${model}_${seq}$([ "$rep" -gt 1 ] && echo "_r$rep").txt"
   env "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" --data "$DATA" --steps "${STEPS:-5}" \
     --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" --seq-lens "$seq" --script-dir "${dir:-.}" \
-    --label "$label" ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$OUT/bench_${label}_${model}_${seq}.txt" 2>&1
-  grep -E "^probe" "$OUT/bench_${label}_${model}_${seq}.txt" | tee -a "$OUT/probes.txt"
-  grep -q "^probe" "$OUT/bench_${label}_${model}_${seq}.txt" || echo "$item: no probe ($(tail -1 "$OUT/bench_${label}_${model}_${seq}.txt"))"
+    --label "$label" ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
+  grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
+  grep -q "^probe" "$res" || echo "$item: no probe ($(tail -1 "$res"))"
   for f in "$BENCH_WORKDIR"/logs/*.txt; do  # the study's lines of each run (the full logs hold the source too)
     [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|gdn_impl|model:|device:)" "$f" > "$OUT/logs/$(basename "$f")"
   done
+}
+items=("$@")
+for ((rep = 1; rep <= REPEAT; rep++)); do  # even rounds in reverse order: a drifting card hits both sides alike
+  if ((rep % 2 == 1)); then order=("${items[@]}"); else order=(); for ((i = ${#items[@]} - 1; i >= 0; i--)); do order+=("${items[i]}"); done; fi
+  for item in "${order[@]}"; do run_item "$item" "$rep"; done
 done
 touch "$OUT/DONE"
