@@ -1,11 +1,12 @@
 """The hybrid's own Triton conv + SiLU kernels (train_gpt_gdn.build_conv_kernels, run as the custom op
-gdn_repro::conv_silu_fwd/bwd) against the PyTorch form, on the CPU under Triton's interpreter (TRITON_INTERPRET=1,
-triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess so that the other tests never import triton): the
-real kernels' outputs and gradients on fresh random inputs, a strided q|k|v-style view, lengths that are not a
-multiple of the tiles, eager and under torch.compile. The kernels are checked on a GPU by tools/check_gdn_fla.py."""
+gdn_repro::conv_silu_fwd/bwd) against the PyTorch form, on the CPU under Triton's interpreter (TRITON_INTERPRET=1;
+triton from run_tests.sh's TRITON_INTERP_DIR or the installed one; in a subprocess, so that the other tests never
+import triton): the real kernels' outputs and gradients on fresh random inputs, a strided q|k|v-style view, lengths
+that are not a multiple of the tiles, eager and under torch.compile. On a GPU: tools/check_gdn_fla.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,9 +50,9 @@ CHECK = textwrap.dedent("""
 
 
 def test_triton_conv_kernels_match_pytorch_form():
-    if not (TRITON_DIR / "triton").is_dir():
-        pytest.fail(f"triton for the interpreter not found in {TRITON_DIR}: run_tests.sh installs it there "
-                    "(or set TRITON_INTERP_DIR)")
+    if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
+        pytest.fail(f"triton for the interpreter not found in {TRITON_DIR} nor installed: run_tests.sh installs "
+                    "it there (or set TRITON_INTERP_DIR)")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     for seed in (0, 1):
