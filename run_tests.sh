@@ -3,7 +3,8 @@
 # huggingface_hub, matplotlib, pytest; only missing packages, never replacing an installed PyTorch), then
 # installs triton (CPU wheel, for its interpreter: tests/test_triton_conv.py runs the hybrid's Triton kernels on
 # the CPU) into TRITON_INTERP_DIR (.cache/triton-interp), apart from the site packages so that nothing else
-# imports it (skipped where triton is already importable, as on a CUDA host), then runs `python3 -m pytest -q tests/` and exits with pytest's status. Arguments go to pytest.
+# imports it (skipped where triton is already importable, as on a CUDA host), then runs
+# `python3 -m pytest -q tests/` and exits with pytest's status. Arguments go to pytest.
 # SKIP_INSTALL=1 skips the install steps.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

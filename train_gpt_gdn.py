@@ -968,7 +968,7 @@ def conv1d_silu(x: Tensor, weight: Tensor, impl: str) -> Tensor:
 def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
     """SiLU of a depthwise causal convolution over time, x (B, T, C), weight (C, K): a sum of K shifted copies
     of x in (at least) fp32, weights rounded to x's dtype as in a bf16 conv. The CPU path and the fallback: on a
-    GPU its compiled backward makes several fp32 passes and is slower than the Triton kernels (PERF_NOTES v2 profile)."""
+    GPU its compiled backward makes several fp32 passes and is slower than the Triton kernels (PERF_NOTES, v2)."""
     K, T = weight.size(1), x.size(1)
     acc = torch.promote_types(x.dtype, torch.float32)
     xp = F.pad(x, (0, 0, K - 1, 0)).to(acc)

@@ -49,7 +49,8 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
 }
 items=("$@")
 for ((rep = 1; rep <= REPEAT; rep++)); do  # even rounds in reverse order: a drifting card hits both sides alike
-  if ((rep % 2 == 1)); then order=("${items[@]}"); else order=(); for ((i = ${#items[@]} - 1; i >= 0; i--)); do order+=("${items[i]}"); done; fi
+  order=("${items[@]}")
+  if ((rep % 2 == 0)); then order=(); for ((i = ${#items[@]} - 1; i >= 0; i--)); do order+=("${items[i]}"); done; fi
   for item in "${order[@]}"; do run_item "$item" "$rep"; done
 done
 touch "$OUT/DONE"
