@@ -982,19 +982,28 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
 class SplitLinear(torch.autograd.Function):
     """F.linear(x, cat(w_1..w_n)).split: one matmul forward; the backward sums one matmul per piece for dx
     instead of concatenating the pieces' gradients: inductor writes such a cat as per-column where-branches that
-    evaluate every piece's elementwise backward (SiLU, softplus, sigmoid) on all columns (PERF_NOTES, v3 profile)."""
+    evaluate every piece's elementwise backward (SiLU, softplus, sigmoid) on all columns (PERF_NOTES, v3 profile).
+    Under autocast it casts x and the weights to the autocast dtype and saves those copies, as autocast's linear
+    does; the pieces' dx are summed in fp32 (or wider) and each gradient is returned in its input's dtype."""
 
     @staticmethod
     def forward(ctx, x: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        ctx.save_for_backward(x, *weights)
-        return F.linear(x, torch.cat(weights)).split([w.size(0) for w in weights], dim=-1)
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        xc, wc = x.to(dt), [w.to(dt) for w in weights]
+        ctx.save_for_backward(xc, *wc)
+        ctx.dtypes = (x.dtype, [w.dtype for w in weights])
+        return F.linear(xc, torch.cat(wc)).split([w.size(0) for w in wc], dim=-1)
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
-        x, *weights = ctx.saved_tensors
-        dx = sum(g @ w for g, w in zip(grads, weights))
-        x2 = x.reshape(-1, x.size(-1))
-        return (dx, *(g.reshape(-1, g.size(-1)).t() @ x2 for g in grads))
+        xc, *wc = ctx.saved_tensors
+        x_dtype, w_dtypes = ctx.dtypes
+        grads = [g.to(xc.dtype) for g in grads]
+        acc = torch.promote_types(xc.dtype, torch.float32)
+        dx = sum((g @ w).to(acc) for g, w in zip(grads, wc)).to(x_dtype)
+        x2 = xc.reshape(-1, xc.size(-1))
+        return (dx, *((g.reshape(-1, g.size(-1)).t() @ x2).to(d) for g, d in zip(grads, w_dtypes)))
 
 
 class GatedDeltaNet(nn.Module):

@@ -354,3 +354,28 @@ def test_split_linear_matches_linear_then_split():
         got = torch.autograd.grad(fn(x, *ws), (x, *ws))
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_split_linear_under_autocast(compiled):
+    """Under bf16 autocast with fp32 x and weights (the training path: the residual stream is fp32) SplitLinear
+    gives autocast's linear-then-split output exactly and its gradients to bf16 rounding, each in fp32."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 40, 48, requires_grad=True)
+    ws = [torch.randn(n, 48, requires_grad=True) for n in (24, 16, 8)]
+
+    def run(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pieces = fn(x, *ws)
+            loss = sum((t.float().sin() * (i + 1)).sum() for i, t in enumerate(pieces))
+        return [p.detach() for p in pieces], torch.autograd.grad(loss, (x, *ws))
+
+    fn = lambda x, *w: gdn.SplitLinear.apply(x, *w)  # noqa: E731
+    torch._dynamo.reset()
+    out, grads = run(torch.compile(fn, fullgraph=True) if compiled else fn)
+    ref_out, ref_grads = run(lambda x, *w: F.linear(x, torch.cat(w)).split([24, 16, 8], dim=-1))
+    for a, b in zip(out, ref_out):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
