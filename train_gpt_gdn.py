@@ -749,32 +749,20 @@ def fla_gated_delta_rule_public(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta
     return o
 
 
-def fla_functions(module: str, needs: dict[str, set[str]]) -> tuple[list, str | None]:
-    """fla-core's functions named in `needs` from `module`, each checked to take the given parameters:
-    (functions, None), or ([], why not) on another fla-core version."""
-    try:
-        mod = __import__(module, fromlist=list(needs))
-        fns = [getattr(mod, name) for name in needs]
-        for fn, (name, params) in zip(fns, needs.items()):
-            if not params <= set(inspect.signature(fn).parameters):
-                return [], f"fla's {name} has another signature"
-    except Exception as e:  # another fla-core version, or none
-        return [], f"{type(e).__name__}: {e}"
-    return fns, None
-
-
 def register_fla_gdn_op() -> str | None:
     """Register FLA's chunked gated delta rule (its forward and backward functions) as a torch custom op, so
     that torch.compile traces the whole model as one graph. Returns None when done, else why not (then the
     public op runs, with one graph break per GDN layer)."""
     global GDN_OP
     common = {"q", "k", "v", "g", "beta", "scale", "initial_state"}
-    fns, why = fla_functions("fla.ops.gated_delta_rule.chunk",
-                             {"chunk_gated_delta_rule_fwd": common | {"output_final_state"},
-                              "chunk_gated_delta_rule_bwd": common | {"A", "do", "dht"}})
-    if why is not None:
-        return why
-    chunk_gated_delta_rule_fwd, chunk_gated_delta_rule_bwd = fns
+    try:
+        from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
+        for fn, params in ((chunk_gated_delta_rule_fwd, common | {"output_final_state"}),
+                           (chunk_gated_delta_rule_bwd, common | {"A", "do", "dht"})):
+            if not params <= set(inspect.signature(fn).parameters):
+                return f"fla's {fn.__name__} has another signature"
+    except Exception as e:  # another fla-core version, or none
+        return f"{type(e).__name__}: {e}"
     if GDN_OP is not None:
         return None
 
@@ -839,7 +827,7 @@ def build_conv_kernels():
     import triton.language as tl
 
     @triton.jit
-    def fwd_kernel(x, w, y, T, D, sxb, sxt, syb, syt, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    def conv_silu_fwd_kernel(x, w, y, T, D, sxb, sxt, syb, syt, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
         i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         t = i_t * BT + tl.arange(0, BT)
         d = i_d * BD + tl.arange(0, BD)
@@ -855,7 +843,7 @@ def build_conv_kernels():
                  mask=(t < T)[:, None] & md[None, :])
 
     @triton.jit
-    def bwd_kernel(x, w, dy, dx, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
+    def conv_silu_bwd_kernel(x, w, dy, dx, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
                    BD: tl.constexpr):
         i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         t = i_t * BT + tl.arange(0, BT)
@@ -890,15 +878,15 @@ def build_conv_kernels():
     tuned = os.environ.get("TRITON_INTERPRET") != "1"
     if tuned:
         configs = [triton.Config({"BD": bd}, num_warps=nw) for bd in (64, 128) for nw in (4, 8)]
-        fwd_kernel = triton.autotune(configs, key=["D", "K"])(fwd_kernel)
-        bwd_kernel = triton.autotune(configs, key=["D", "K"])(bwd_kernel)
+        conv_silu_fwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_fwd_kernel)
+        conv_silu_bwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_kernel)
     tile = {} if tuned else {"BD": 64}
 
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
         x = x if x.stride(-1) == 1 else x.contiguous()
         (B, T, D), K, BT = x.shape, weight.size(1), 64
         y = x.new_empty(B, T, D)
-        fwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
+        conv_silu_fwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
             x, weight.contiguous(), y, T, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), K=K, BT=BT, **tile)
         return y
 
@@ -908,7 +896,7 @@ def build_conv_kernels():
         (B, T, D), K, BT = x.shape, weight.size(1), 32
         dx = x.new_empty(B, T, D)
         parts = torch.empty(B * triton.cdiv(T, BT), D, K, device=x.device, dtype=torch.float32)
-        bwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
+        conv_silu_bwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
             x, weight.contiguous(), dy, dx, parts, T, D, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
             K=K, BT=BT, **tile)
         return dx, parts.sum(0).to(weight.dtype)
@@ -1035,9 +1023,9 @@ class GatedDeltaNet(nn.Module):
         H, dk, dv = self.heads, self.dk, self.dv
         kd, vd = H * dk, H * dv
         # One matmul for q|k|v|gate|a|b and one conv for q|k|v; parameters stay separate (Muon: per matrix).
-        w_qkv = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj)]).to(x.dtype)
-        w_ab = torch.cat((self.a_proj.weight, self.b_proj.weight)).to(x.dtype)
-        qkv, gate, ab = SplitLinear.apply(x, w_qkv, self.gate_proj.weight.to(x.dtype), w_ab)
+        w_qkv = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj)])
+        w_ab = torch.cat((self.a_proj.weight, self.b_proj.weight))
+        qkv, gate, ab = SplitLinear.apply(x, w_qkv, self.gate_proj.weight, w_ab)
         a, b = ab.split((H, H), dim=-1)
         qkv = conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)), self.impl)
         q, k, v = qkv.split((kd, kd, vd), dim=-1)

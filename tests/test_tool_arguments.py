@@ -33,6 +33,7 @@ def test_positive_ints():
     ("check_compile.py", ["--seq-len", "0"], "--seq-len 0"),
     ("saved_activations.py", ["--budgets", "1,2"], "--budgets '1,2': expected numbers in (0, 1]"),
     ("saved_activations.py", ["--budgets", "x"], "--budgets 'x'"),
+    ("saved_activations.py", ["--seq-len", "0"], "--seq-len 0"),
     ("bench_step_time.py", ["--seq-lens", "8k"], "--seq-lens '8k'"),
 ])
 def test_bad_option_is_refused(tool, args, message):

@@ -1,6 +1,7 @@
 """GPU time per training step by kind of kernel, from a kernel table written by tools/profile_script.py --out
-(torch.profiler's key_averages table): attention (cuDNN/flash), FLA's GDN and conv kernels, matmuls, inductor's
-Triton kernels, aten elementwise/copies, other. Op-level rows (aten::, gdn_repro::, the profiler's step and
+(torch.profiler's key_averages table): attention (cuDNN/flash), the GDN kernels (FLA's, and the conv's: FLA's
+in v3, the hybrid's own Triton kernels from v4), matmuls, inductor's Triton kernels, aten elementwise/copies,
+other. Op-level rows (aten::, gdn_repro::, the profiler's step and
 optimiser markers) are skipped and a kernel listed twice (a Triton kernel's launcher and the kernel itself) is
 counted once, so the kinds add up to the GPU's busy time (of the rows in the table: a table cut at a row limit
 undercounts; tools/profile_script.py writes every row since the v3 session, the v2 tables hold the top 200).
@@ -18,7 +19,7 @@ from pathlib import Path
 KINDS = (  # first match wins
     ("attention", ("sdpa", "cudnn", "flash_fwd", "flash_bwd", "fmha")),
     ("FLA (GDN, conv)", ("chunk_", "prepare_wy", "recompute_w_u", "kernel_kernel", "solve", "causal_conv1d",
-                         "merge_16x16", "l2norm_")),
+                         "merge_16x16", "l2norm_", "conv_silu_fwd_kernel", "conv_silu_bwd_kernel")),
     ("matmul", ("nvjet", "gemm", "cutlass", "sm90_xmma")),
     ("inductor (Triton)", ("triton_",)),
     ("aten elementwise/copies", ("elementwise_kernel", "reduce_kernel", "copy", "fill")),

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager", action="store_true", help="also the eager model")
     p.add_argument("--top", type=int, default=12, help="largest dtype/shape groups to list")
     a = p.parse_args(argv)
+    if a.batch < 1 or a.seq_len < 1 or a.top < 0:
+        p.error(f"--batch {a.batch} --seq-len {a.seq_len} --top {a.top}: expected positive sizes (--top >= 0)")
     try:
         budgets = [float(b) for b in a.budgets.split(",")]
     except ValueError:
