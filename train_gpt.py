@@ -558,6 +558,33 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+class SplitLinear(torch.autograd.Function):
+    """F.linear(x, cat(w_1..w_n)).split: one matmul forward; the backward sums one matmul per piece for dx
+    instead of concatenating the pieces' gradients: inductor writes such a cat as per-column where-branches that
+    evaluate every piece's elementwise backward (RMSNorm, RoPE, SiLU, ...) on all columns (PERF_NOTES, v3 profile).
+    Under autocast it casts x and the weights to the autocast dtype and saves those copies, as autocast's linear
+    does; the pieces' dx are summed in fp32 (or wider) and each gradient is returned in its input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        xc, wc = x.to(dt), [w.to(dt) for w in weights]
+        ctx.save_for_backward(xc, *wc)
+        ctx.dtypes = (x.dtype, [w.dtype for w in weights])
+        return F.linear(xc, torch.cat(wc)).split([w.size(0) for w in wc], dim=-1)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
+        xc, *wc = ctx.saved_tensors
+        x_dtype, w_dtypes = ctx.dtypes
+        grads = [g.to(xc.dtype) for g in grads]
+        acc = torch.promote_types(xc.dtype, torch.float32)
+        dx = sum((g @ w).to(acc) for g, w in zip(grads, wc)).to(x_dtype)
+        x2 = xc.reshape(-1, xc.size(-1))
+        return (dx, *((g.reshape(-1, g.size(-1)).t() @ x2).to(d) for g, d in zip(grads, w_dtypes)))
+
+
 SDPA_NATIVE_GQA = True  # set by configure_attention: False where the chosen backend lacks enable_gqa
 
 
@@ -578,8 +605,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
         # One matmul for q|k|v; the weights stay three matrices (Muon orthogonalises each one on its own).
-        w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight)).to(x.dtype)
-        q, k, v = F.linear(x, w).split((C, self.c_k.out_features, self.c_v.out_features), dim=-1)
+        q, k, v = SplitLinear.apply(x, self.c_q.weight, self.c_k.weight, self.c_v.weight)
         q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)

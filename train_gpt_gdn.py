@@ -563,6 +563,33 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+class SplitLinear(torch.autograd.Function):
+    """F.linear(x, cat(w_1..w_n)).split: one matmul forward; the backward sums one matmul per piece for dx
+    instead of concatenating the pieces' gradients: inductor writes such a cat as per-column where-branches that
+    evaluate every piece's elementwise backward (RMSNorm, RoPE, SiLU, ...) on all columns (PERF_NOTES, v3 profile).
+    Under autocast it casts x and the weights to the autocast dtype and saves those copies, as autocast's linear
+    does; the pieces' dx are summed in fp32 (or wider) and each gradient is returned in its input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        xc, wc = x.to(dt), [w.to(dt) for w in weights]
+        ctx.save_for_backward(xc, *wc)
+        ctx.dtypes = (x.dtype, [w.dtype for w in weights])
+        return F.linear(xc, torch.cat(wc)).split([w.size(0) for w in wc], dim=-1)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
+        xc, *wc = ctx.saved_tensors
+        x_dtype, w_dtypes = ctx.dtypes
+        grads = [g.to(xc.dtype) for g in grads]
+        acc = torch.promote_types(xc.dtype, torch.float32)
+        dx = sum((g @ w).to(acc) for g, w in zip(grads, wc)).to(x_dtype)
+        x2 = xc.reshape(-1, xc.size(-1))
+        return (dx, *((g.reshape(-1, g.size(-1)).t() @ x2).to(d) for g, d in zip(grads, w_dtypes)))
+
+
 SDPA_NATIVE_GQA = True  # set by configure_attention: False where the chosen backend lacks enable_gqa
 
 
@@ -583,8 +610,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
         # One matmul for q|k|v; the weights stay three matrices (Muon orthogonalises each one on its own).
-        w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight)).to(x.dtype)
-        q, k, v = F.linear(x, w).split((C, self.c_k.out_features, self.c_v.out_features), dim=-1)
+        q, k, v = SplitLinear.apply(x, self.c_q.weight, self.c_k.weight, self.c_v.weight)
         q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -820,8 +846,8 @@ def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
 
 def build_conv_kernels():
     """Our Triton kernels for the depthwise causal conv + SiLU of x (B, T, D) with weight (D, K), fp32 inside:
-    (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q|k|v slice of the fused
-    projection is. The backward recomputes the conv at the K rows each dx row needs (from cache) instead of
+    (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q, k and v slices of the fused
+    projection are. The backward recomputes the conv at the K rows each dx row needs (from cache) instead of
     saving it, and writes the weight gradient as per-tile partial sums, summed in a fixed order (deterministic)."""
     import triton
     import triton.language as tl
@@ -967,33 +993,6 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor) -> Tensor:
     return F.silu(y).to(x.dtype)
 
 
-class SplitLinear(torch.autograd.Function):
-    """F.linear(x, cat(w_1..w_n)).split: one matmul forward; the backward sums one matmul per piece for dx
-    instead of concatenating the pieces' gradients: inductor writes such a cat as per-column where-branches that
-    evaluate every piece's elementwise backward (SiLU, softplus, sigmoid) on all columns (PERF_NOTES, v3 profile).
-    Under autocast it casts x and the weights to the autocast dtype and saves those copies, as autocast's linear
-    does; the pieces' dx are summed in fp32 (or wider) and each gradient is returned in its input's dtype."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        dev = x.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        xc, wc = x.to(dt), [w.to(dt) for w in weights]
-        ctx.save_for_backward(xc, *wc)
-        ctx.dtypes = (x.dtype, [w.dtype for w in weights])
-        return F.linear(xc, torch.cat(wc)).split([w.size(0) for w in wc], dim=-1)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
-        xc, *wc = ctx.saved_tensors
-        x_dtype, w_dtypes = ctx.dtypes
-        grads = [g.to(xc.dtype) for g in grads]
-        acc = torch.promote_types(xc.dtype, torch.float32)
-        dx = sum((g @ w).to(acc) for g, w in zip(grads, wc)).to(x_dtype)
-        x2 = xc.reshape(-1, xc.size(-1))
-        return (dx, *((g.reshape(-1, g.size(-1)).t() @ x2).to(d) for g, d in zip(grads, w_dtypes)))
-
-
 class GatedDeltaNet(nn.Module):
     """GDN mixer: q/k/v projections, each through a causal depthwise conv + SiLU; per-head decay
     g = -exp(A_log) softplus(a + dt_bias) and strength beta = 2 sigmoid(b) ('negative eigenvalues');
@@ -1021,14 +1020,13 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, dk, dv = self.heads, self.dk, self.dv
-        kd, vd = H * dk, H * dv
-        # One matmul for q|k|v|gate|a|b and one conv for q|k|v; parameters stay separate (Muon: per matrix).
-        w_qkv = torch.cat([m.weight for m in (self.q_proj, self.k_proj, self.v_proj)])
+        # One matmul for q|k|v|gate|a|b; parameters stay separate (Muon: per matrix). One conv per piece: each
+        # output is contiguous (FLA copies strided inputs) and each gradient comes separately (no cat).
         w_ab = torch.cat((self.a_proj.weight, self.b_proj.weight))
-        qkv, gate, ab = SplitLinear.apply(x, w_qkv, self.gate_proj.weight, w_ab)
+        q, k, v, gate, ab = SplitLinear.apply(x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                                              self.gate_proj.weight, w_ab)
         a, b = ab.split((H, H), dim=-1)
-        qkv = conv1d_silu(qkv, torch.cat((self.q_conv, self.k_conv, self.v_conv)), self.impl)
-        q, k, v = qkv.split((kd, kd, vd), dim=-1)
+        q, k, v = (conv1d_silu(t, w, self.impl) for t, w in ((q, self.q_conv), (k, self.k_conv), (v, self.v_conv)))
         q, k = l2_normalize(q.reshape(B, T, H, dk)), l2_normalize(k.reshape(B, T, H, dk))
         v = v.reshape(B, T, H, dv)
         beta = 2.0 * torch.sigmoid(b.float())

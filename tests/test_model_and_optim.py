@@ -397,3 +397,51 @@ def test_lr_multiplier_without_warmdown(clean_env):
     args = BASE.Hyperparameters()
     assert BASE.lr_multiplier(args, 19999, 0.0, None) == 1.0
     assert BASE.lr_multiplier(args, 10, 599_000.0, 600_000.0) == 1.0
+
+# ------------------------------------------------------------------------------------------------
+# SplitLinear: the fused projections (attention q|k|v, GDN q|k|v|gate|a|b)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_split_linear_matches_linear_then_split():
+    """SplitLinear (one matmul forward, per-piece matmuls backward) == F.linear(x, cat(w)).split: outputs and
+    gradients in float64 (gradcheck), and compiled as one graph (fullgraph) to the same gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    ws = [torch.randn(n, 7, dtype=torch.float64, requires_grad=True) for n in (6, 3, 2)]
+    assert torch.autograd.gradcheck(lambda x, *w: BASE.SplitLinear.apply(x, *w), (x, *ws))
+
+    def loss(pieces):  # a different function of each piece, so a swapped gradient would show
+        return sum(t.sin().sum() * (i + 1) for i, t in enumerate(pieces))
+
+    ref = torch.autograd.grad(loss(F.linear(x, torch.cat(ws)).split([6, 3, 2], dim=-1)), (x, *ws))
+    for fn in (lambda x, *w: loss(BASE.SplitLinear.apply(x, *w)),
+               torch.compile(lambda x, *w: loss(BASE.SplitLinear.apply(x, *w)), fullgraph=True)):
+        got = torch.autograd.grad(fn(x, *ws), (x, *ws))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_split_linear_under_autocast(compiled):
+    """Under bf16 autocast with fp32 x and weights (the training path: the residual stream is fp32) SplitLinear
+    gives autocast's linear-then-split output exactly and its gradients to bf16 rounding, each in fp32."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 40, 48, requires_grad=True)
+    ws = [torch.randn(n, 48, requires_grad=True) for n in (24, 16, 8)]
+
+    def run(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pieces = fn(x, *ws)
+            loss = sum((t.float().sin() * (i + 1)).sum() for i, t in enumerate(pieces))
+        return [p.detach() for p in pieces], torch.autograd.grad(loss, (x, *ws))
+
+    fn = lambda x, *w: BASE.SplitLinear.apply(x, *w)  # noqa: E731
+    torch._dynamo.reset()
+    out, grads = run(torch.compile(fn, fullgraph=True) if compiled else fn)
+    ref_out, ref_grads = run(lambda x, *w: F.linear(x, torch.cat(w)).split([24, 16, 8], dim=-1))
+    for a, b in zip(out, ref_out):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
