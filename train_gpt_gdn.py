@@ -847,8 +847,10 @@ def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
 def build_conv_kernels():
     """Our Triton kernels for the depthwise causal conv + SiLU of x (B, T, D) with weight (D, K), fp32 inside:
     (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q, k and v slices of the fused
-    projection are. The backward recomputes the conv at the K rows each dx row needs (from cache) instead of
-    saving it, and writes the weight gradient as per-tile partial sums, summed in a fixed order (deterministic)."""
+    projection are. The backward recomputes the conv instead of saving it: one kernel writes dz = dy silu'(z) in
+    x's dtype (as a bf16 conv backward takes it) and the weight gradient as per-tile fp32 partial sums, summed in a
+    fixed order (deterministic); a second sums K shifted rows of dz into dx. (v4 recomputed z at all K rows each dx
+    row needs, in one kernel: 16 tile loads per tile, 4-10x slower than memory in a training step.)"""
     import triton
     import triton.language as tl
 
@@ -869,33 +871,42 @@ def build_conv_kernels():
                  mask=(t < T)[:, None] & md[None, :])
 
     @triton.jit
-    def conv_silu_bwd_kernel(x, w, dy, dx, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
-                   BD: tl.constexpr):
+    def conv_silu_bwd_dz_kernel(x, w, dy, dz, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
+                                BD: tl.constexpr):
+        i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        t = i_t * BT + tl.arange(0, BT)
+        d = i_d * BD + tl.arange(0, BD)
+        md = d < D
+        z = tl.zeros([BT, BD], dtype=tl.float32)
+        for j in tl.static_range(K):  # z recomputed as in the forward
+            s = t - (K - 1) + j
+            m = ((s >= 0) & (s < T))[:, None] & md[None, :]
+            xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
+            z += xs * tl.load(w + d * K + j, mask=md, other=0.0).to(tl.float32)[None, :]
+        mt = (t < T)[:, None] & md[None, :]
+        g = tl.load(dy + i_b * sdb + t[:, None] * sdt + d[None, :], mask=mt, other=0.0).to(tl.float32)
+        sg = tl.sigmoid(z)
+        dzt = g * sg * (1.0 + z * (1.0 - sg))  # dz = dy silu'(z)
+        tl.store(dz + i_b * T * D + t[:, None] * D + d[None, :], dzt.to(dz.dtype.element_ty), mask=mt)
+        part = dw + ((i_b * tl.num_programs(0) + i_t) * D + d) * K
+        for j in tl.static_range(K):  # this tile's part of dw_j = sum_t dz_t x_{t-K+1+j} (fp32 dz)
+            s = t - (K - 1) + j
+            m = ((s >= 0) & (s < T))[:, None] & md[None, :]
+            xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
+            tl.store(part + j, tl.sum(dzt * xs, axis=0), mask=md)
+
+    @triton.jit
+    def conv_silu_bwd_dx_kernel(dz, w, dx, T, D, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
         i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         t = i_t * BT + tl.arange(0, BT)
         d = i_d * BD + tl.arange(0, BD)
         md = d < D
         acc = tl.zeros([BT, BD], dtype=tl.float32)
-        for i in tl.static_range(K):  # dx_t = sum_i w_{K-1-i} dz_{t+i}, dz = dy silu'(z), z recomputed
+        for i in tl.static_range(K):  # dx_t = sum_i w_{K-1-i} dz_{t+i}
             r = t + i
-            z = tl.zeros([BT, BD], dtype=tl.float32)
-            for j in tl.static_range(K):
-                s = r - (K - 1) + j
-                m = ((s >= 0) & (s < T))[:, None] & md[None, :]
-                xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
-                z += xs * tl.load(w + d * K + j, mask=md, other=0.0).to(tl.float32)[None, :]
-            g = tl.load(dy + i_b * sdb + r[:, None] * sdt + d[None, :], mask=(r < T)[:, None] & md[None, :],
+            g = tl.load(dz + i_b * T * D + r[:, None] * D + d[None, :], mask=(r < T)[:, None] & md[None, :],
                         other=0.0).to(tl.float32)
-            sg = tl.sigmoid(z)
-            dz = g * sg * (1.0 + z * (1.0 - sg))
-            acc += dz * tl.load(w + d * K + (K - 1 - i), mask=md, other=0.0).to(tl.float32)[None, :]
-            if i == 0:  # dw_j partial of this tile: sum_t dz_t x_{t-K+1+j}
-                part = dw + ((i_b * tl.num_programs(0) + i_t) * D + d) * K
-                for j in tl.static_range(K):
-                    s = t - (K - 1) + j
-                    m = ((s >= 0) & (s < T))[:, None] & md[None, :]
-                    xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
-                    tl.store(part + j, tl.sum(dz * xs, axis=0), mask=md)
+            acc += g * tl.load(w + d * K + (K - 1 - i), mask=md, other=0.0).to(tl.float32)[None, :]
         tl.store(dx + i_b * T * D + t[:, None] * D + d[None, :], acc.to(dx.dtype.element_ty),
                  mask=(t < T)[:, None] & md[None, :])
 
@@ -905,7 +916,8 @@ def build_conv_kernels():
     if tuned:
         configs = [triton.Config({"BD": bd}, num_warps=nw) for bd in (64, 128) for nw in (4, 8)]
         conv_silu_fwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_fwd_kernel)
-        conv_silu_bwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_kernel)
+        conv_silu_bwd_dz_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_dz_kernel)
+        conv_silu_bwd_dx_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_dx_kernel)
     tile = {} if tuned else {"BD": 64}
 
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
@@ -919,12 +931,14 @@ def build_conv_kernels():
     def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
         x = x if x.stride(-1) == 1 else x.contiguous()
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        (B, T, D), K, BT = x.shape, weight.size(1), 32
-        dx = x.new_empty(B, T, D)
+        (B, T, D), K, BT = x.shape, weight.size(1), 64
+        weight = weight.contiguous()
+        dz, dx = x.new_empty(B, T, D), x.new_empty(B, T, D)
         parts = torch.empty(B * triton.cdiv(T, BT), D, K, device=x.device, dtype=torch.float32)
-        conv_silu_bwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
-            x, weight.contiguous(), dy, dx, parts, T, D, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
-            K=K, BT=BT, **tile)
+        grid = lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)  # noqa: E731
+        conv_silu_bwd_dz_kernel[grid](x, weight, dy, dz, parts, T, D, x.stride(0), x.stride(1), dy.stride(0),
+                                      dy.stride(1), K=K, BT=BT, **tile)
+        conv_silu_bwd_dx_kernel[grid](dz, weight, dx, T, D, K=K, BT=BT, **tile)
         return dx, parts.sum(0).to(weight.dtype)
 
     return fwd, bwd

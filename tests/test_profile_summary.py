@@ -40,6 +40,7 @@ def test_kinds_add_up_once_per_kernel():
 def test_kind_names():
     assert kind_of("causal_conv1d_fwd_kernel") == "FLA (GDN, conv)"
     assert kind_of("conv_silu_bwd_kernel") == "FLA (GDN, conv)"  # the hybrid's own conv kernels (v4 on)
+    assert kind_of("conv_silu_bwd_dz_kernel") == kind_of("conv_silu_bwd_dx_kernel") == "FLA (GDN, conv)"  # v8 on
     assert kind_of("triton_poi_fused_conv_silu_bwd_9") == "inductor (Triton)"  # inductor's, around the op
     assert kind_of("triton_red_fused_sum_3") == "inductor (Triton)"
 

@@ -31,6 +31,7 @@ def test_positive_ints():
     ("check_attention.py", ["--seq-lens", "0,1024"], "--seq-lens '0,1024'"),
     ("check_compile.py", ["--scripts", "train_gpt,nope"], "--scripts 'train_gpt,nope'"),
     ("check_compile.py", ["--seq-len", "0"], "--seq-len 0"),
+    ("check_compile.py", ["--seeds", "0,x"], "--seeds '0,x'"),
     ("saved_activations.py", ["--budgets", "1,2"], "--budgets '1,2': expected numbers in (0, 1]"),
     ("saved_activations.py", ["--budgets", "x"], "--budgets 'x'"),
     ("saved_activations.py", ["--seq-len", "0"], "--seq-len 0"),

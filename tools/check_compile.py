@@ -5,12 +5,15 @@ the loss and the gradient of every parameter. Every weight is drawn at random fi
 projections would hide the gradients upstream). For the hybrid, the GDN path is the one training resolves (FLA
 as a custom op on CUDA when fla-core imports).
 
-Criterion, per tensor: err(compiled, fp32) <= 1.5 err(eager, fp32) + 2e-3, with err = ||x - ref|| / ||ref||:
-the compiled model must be as close to the exact math as eager bf16 training is. (Compiled against eager
+Criterion, per tensor: err(compiled, fp32) <= 1.5 err(eager, fp32) + 2e-3, with err = ||x - ref|| / ||ref||
+averaged over the seeds given (each seed draws its own weights and tokens): the compiled model must be as close
+to the exact math as eager bf16 training is. One seed is a noisy sample for the small, ill-conditioned decay
+gradients (A_log, dt_bias): their bf16 error is 1-3e-2 on either path and changes ~2x from seed to seed, so the
+default averages three. (Compiled against eager
 directly differs by up to ~7e-2 on a few small-gradient tensors, e.g. A_log and the q/k weights of deep GDN
 layers, on CPU too without FLA: rounding to bf16 at other points, not a different computation.)
 
-    python3 tools/check_compile.py [--seq-len 2048] [--batch 4]
+    python3 tools/check_compile.py [--seq-len 2048] [--batch 4] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from tools.checks import rel  # noqa: E402
 SLACK_MUL, SLACK_ADD = 1.5, 2e-3
 
 
-def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bool = False) -> list[tuple[str, str, float, float]]:
+def check(script: str, seq_len: int, batch: int, dev: torch.device, cpu_bf16: bool = False,
+          seed: int = 0) -> list[tuple[str, str, float, float, float]]:
+    """(script, tensor, err compiled, err eager, limit) of the loss and each parameter gradient, for one seed."""
     mod = importlib.import_module(script)
     args = mod.Hyperparameters()
     lines = mod.prepare_mixers(args, dev) if hasattr(mod, "prepare_mixers") else []
     lines.append(mod.configure_attention(args, dev))
     print(f"{script}: " + " | ".join(lines))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     eager = mod.GPT(args).to(dev)
     if dev.type == "cuda":
         eager.tok_emb.to(torch.bfloat16)
@@ -82,7 +87,12 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of this tool, not the check)")
     p.add_argument("--cpu-bf16", action="store_true", help="on the CPU with bf16 autocast as on a GPU (slow): "
                    "the rounding behaviour of compiled vs eager without FLA")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated; the criterion uses the mean error over them")
     a = p.parse_args()
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {a.seeds!r}: expected comma-separated whole numbers")
     scripts = [s for s in a.scripts.split(",") if s]
     if not scripts or set(scripts) - {"train_gpt", "train_gpt_gdn"}:
         p.error(f"--scripts {a.scripts!r}: expected train_gpt and/or train_gpt_gdn, comma-separated")
@@ -93,15 +103,24 @@ def main() -> int:
         print("error: this check needs a CUDA GPU (or --cpu for a smoke test)", file=sys.stderr)
         return 2
     dev = torch.device("cpu" if a.cpu else "cuda")
-    print(f"card:{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} torch:{torch.__version__}")
+    print(f"card:{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} torch:{torch.__version__} "
+          f"seeds:{','.join(map(str, seeds))} (errors below: means over the seeds)")
     failed = total = 0
     for script in scripts:
-        for name, what, e_comp, e_eager, tol in check(script, a.seq_len, a.batch, dev, a.cpu_bf16):
+        errs = {}  # tensor -> [(err compiled, err eager)] per seed
+        for seed in seeds:
+            for _, what, e_comp, e_eager, _ in check(script, a.seq_len, a.batch, dev, a.cpu_bf16, seed):
+                errs.setdefault(what, []).append((e_comp, e_eager))
+        for what, pairs in errs.items():
+            e_comp, e_eager = (sum(col) / len(pairs) for col in zip(*pairs))
+            tol = SLACK_MUL * e_eager + SLACK_ADD
             ok = e_comp <= tol
             failed += not ok
             total += 1
-            print(f"{'ok  ' if ok else 'FAIL'} {name:14s} {what:40s} compiled_vs_fp32={e_comp:.2e} "
-                  f"eager_vs_fp32={e_eager:.2e} limit={tol:.2e}")
+            per_seed = " ".join(f"{c:.1e}/{e:.1e}" for c, e in pairs) if len(pairs) > 1 else ""
+            print(f"{'ok  ' if ok else 'FAIL'} {script:14s} {what:40s} compiled_vs_fp32={e_comp:.2e} "
+                  f"eager_vs_fp32={e_eager:.2e} limit={tol:.2e}" + (f"  per seed (compiled/eager): {per_seed}"
+                                                                    if per_seed else ""))
     print(f"compile_check: {total - failed} passed, {failed} failed")
     return 1 if failed else 0
 

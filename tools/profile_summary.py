@@ -19,7 +19,8 @@ from pathlib import Path
 KINDS = (  # first match wins
     ("attention", ("sdpa", "cudnn", "flash_fwd", "flash_bwd", "fmha")),
     ("FLA (GDN, conv)", ("chunk_", "prepare_wy", "recompute_w_u", "kernel_kernel", "solve", "causal_conv1d",
-                         "merge_16x16", "l2norm_", "conv_silu_fwd_kernel", "conv_silu_bwd_kernel")),
+                         "merge_16x16", "l2norm_", "conv_silu_fwd_kernel", "conv_silu_bwd_kernel",
+                         "conv_silu_bwd_dz_kernel", "conv_silu_bwd_dx_kernel")),
     ("matmul", ("nvjet", "gemm", "cutlass", "sm90_xmma")),
     ("inductor (Triton)", ("triton_",)),
     ("aten elementwise/copies", ("elementwise_kernel", "reduce_kernel", "copy", "fill")),

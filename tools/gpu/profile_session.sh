@@ -27,7 +27,7 @@ DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
 export PYTHONUNBUFFERED=1
 for run in $RUNS; do
   if [ "$run" = check ]; then
-    timeout 240 python3 tools/check_compile.py > "$OUT/compile_check.txt" 2>&1; echo "check_compile: exit $?"
+    timeout 900 python3 tools/check_compile.py > "$OUT/compile_check.txt" 2>&1; echo "check_compile: exit $?"
     tail -2 "$OUT/compile_check.txt"; continue
   fi
   model=${run%%:*}; seq=${run#*:}
