@@ -38,3 +38,27 @@ def test_relative_error_measure():
     assert rel(ref, ref) == 0.0
     assert abs(rel(ref * 1.01, ref) - 0.01) < 1e-12
     assert rel(torch.tensor([float("nan"), 4.0]), ref) == float("inf")
+
+
+def test_cli_averages_over_seeds(clean_env, capsys, monkeypatch):
+    """check_compile's verdict is on the mean error over --seeds; each seed draws its own weights and tokens."""
+    for k, v in dict(MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1", NUM_LAYERS="2").items():
+        clean_env.setenv(k, v)
+    seen = []
+    real = check_compile.check
+
+    def spy(script, seq_len, batch, dev, cpu_bf16=False, seed=0):
+        rows = real(script, seq_len, batch, dev, cpu_bf16, seed)
+        seen.append(seed)
+        # one seed's compiled loss far off: the mean over two seeds must still fail that row
+        return [(r[0], r[1], 1.0 if (seed == 1 and r[1] == "loss") else r[2], *r[3:]) for r in rows]
+
+    monkeypatch.setattr(check_compile, "check", spy)
+    monkeypatch.setattr(sys, "argv", ["check_compile.py", "--cpu", "--scripts", "train_gpt", "--seq-len", "16",
+                                      "--batch", "1", "--seeds", "0,1"])
+    assert check_compile.main() == 1
+    out = capsys.readouterr().out
+    assert seen == [0, 1]
+    loss_row = next(ln for ln in out.splitlines() if " loss " in ln)
+    assert loss_row.startswith("FAIL") and "compiled_vs_fp32=5.00e-01" in loss_row and "per seed" in loss_row
+    assert "compile_check: " in out and " 1 failed" in out
