@@ -8,10 +8,10 @@ as a custom op on CUDA when fla-core imports).
 Criterion, per tensor: err(compiled, fp32) <= 1.5 err(eager, fp32) + 2e-3, with err = ||x - ref|| / ||ref||
 averaged over the seeds given (each seed draws its own weights and tokens): the compiled model must be as close
 to the exact math as eager bf16 training is. One seed is a noisy sample for the small, ill-conditioned decay
-gradients (A_log, dt_bias): their bf16 error is 1-3e-2 on either path and changes ~2x from seed to seed, so the
-default averages three. (Compiled against eager
-directly differs by up to ~7e-2 on a few small-gradient tensors, e.g. A_log and the q/k weights of deep GDN
-layers, on CPU too without FLA: rounding to bf16 at other points, not a different computation.)
+gradients (A_log, dt_bias): their bf16 error is 1-3e-2 on either path and changes ~2x between seeds and code
+versions, so the default averages three. (Compiled against eager directly differs by up to ~7e-2 on a few
+small-gradient tensors, e.g. A_log and the q/k weights of deep GDN layers, on CPU too without FLA: rounding to
+bf16 at other points, not a different computation.)
 
     python3 tools/check_compile.py [--seq-len 2048] [--batch 4] [--seeds 0,1,2]
 """
