@@ -148,6 +148,9 @@ class Hyperparameters:
         # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
         # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
         self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
+        # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
+        # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
+        self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
@@ -205,36 +208,39 @@ class Muon(torch.optim.Optimizer):
         rank = dist.get_rank() if distributed else 0
         for group in self.param_groups:
             params = group["params"]
-            if not params:
+            mine = [i for i, p in enumerate(params) if i % world_size == rank and p.grad is not None]
+            if not mine and not distributed:  # (a rank without matrices still joins the all-reduce below)
                 continue
-            total = sum(p.numel() for p in params)
-            flat = torch.zeros(total, device=params[0].device,
-                               dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
-            offsets = [0]
-            for p in params:
-                offsets.append(offsets[-1] + p.numel())
+            # Momentum for all of this rank's matrices at once: foreach ops, a few launches instead of 3 per matrix.
+            for i in mine:
+                if "momentum_buffer" not in self.state[params[i]]:
+                    self.state[params[i]]["momentum_buffer"] = torch.zeros_like(params[i].grad)
+            bufs = [self.state[params[i]]["momentum_buffer"] for i in mine]
+            grads = [params[i].grad for i in mine]
+            if mine:
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, grads)
+            updates = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] and mine else bufs
             by_shape: dict[tuple[int, ...], list[int]] = {}
-            for i, p in enumerate(params):
-                if i % world_size == rank and p.grad is not None:
-                    by_shape.setdefault(tuple(p.shape), []).append(i)
-            for shape, idx in by_shape.items():
-                updates = []
-                for i in idx:
-                    p = params[i]
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p.grad)
-                    buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(p.grad)
-                    updates.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
-                g = zeropower_via_newtonschulz5(torch.stack(updates), steps=group["backend_steps"])
+            for j, i in enumerate(mine):
+                by_shape.setdefault(tuple(params[i].shape), []).append(j)
+            out: dict[int, Tensor] = {}  # param index -> its orthogonalised update (bf16 on CUDA)
+            for shape, js in by_shape.items():
+                g = zeropower_via_newtonschulz5(torch.stack([updates[j] for j in js]), steps=group["backend_steps"])
                 g = g * max(1.0, shape[0] / shape[1]) ** 0.5
-                for j, i in enumerate(idx):
-                    flat[offsets[i]:offsets[i + 1]] = g[j].reshape(-1)
-            if distributed:
+                out.update((mine[j], u) for j, u in zip(js, g.unbind(0)))
+            if distributed:  # each rank fills its own matrices; one all-reduce gives every rank all updates
+                offsets = [0]
+                for p in params:
+                    offsets.append(offsets[-1] + p.numel())
+                flat = torch.zeros(offsets[-1], device=params[0].device,
+                                   dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
+                for i, u in out.items():
+                    flat[offsets[i]:offsets[i + 1]] = u.reshape(-1)
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            for i, p in enumerate(params):
-                p.add_(flat[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
+                out = {i: flat[offsets[i]:offsets[i + 1]].view_as(p) for i, p in enumerate(params)}
+            if out:  # p -= lr * update, in p's dtype (a bf16 update is upcast exactly)
+                torch._foreach_add_([params[i] for i in out], list(out.values()), alpha=-group["lr"])
 
 
 # Tensors that steer the residual stream or a mixer's dynamics rather than map features: trained with Adam at
@@ -430,6 +436,7 @@ def eval_val(model: nn.Module, args: Hyperparameters, val_tokens: Tensor, luts: 
         e = min(s + batch_seqs, last)
         chunk = val_tokens[s * seq_len:e * seq_len + 1].to(device=device, dtype=torch.int64)
         x, y = chunk[:-1].reshape(-1, seq_len), chunk[1:].reshape(-1, seq_len)
+        torch.compiler.cudagraph_mark_step_begin()
         with autocast_ctx(device):
             loss = model(x, y).detach()
         n = float(y.numel())
@@ -794,6 +801,12 @@ def main() -> None:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    do_compile = args.compile == "1" or (args.compile == "auto" and use_cuda)
+    graphs_ok = do_compile and use_cuda and not distributed
+    cuda_graphs = graphs_ok if args.cuda_graphs == "auto" else args.cuda_graphs == "1"
+    if cuda_graphs and not graphs_ok:
+        raise ConfigError(f"CUDA_GRAPHS=1: needs CUDA, COMPILE on and one process (device:{device.type} "
+                          f"COMPILE={args.compile} WORLD_SIZE={world_size}); use CUDA_GRAPHS=auto or 0")
     mixer_lines = prepare_mixers(args, device)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
     train_files = list_shards(os.path.join(args.data_path, "*_train_*.bin"), "train")
@@ -823,12 +836,15 @@ def main() -> None:
     base_model = GPT(args).to(device)
     if use_cuda:
         base_model.tok_emb.to(torch.bfloat16)
-    do_compile = args.compile == "1" or (args.compile == "auto" and use_cuda)
     torch._functorch.config.activation_memory_budget = args.compile_memory_budget
-    compiled = torch.compile(base_model, dynamic=False) if do_compile else base_model
+    compiled = torch.compile(base_model, dynamic=False, mode="reduce-overhead" if cuda_graphs else None) \
+        if do_compile else base_model
     model = DDP(compiled, device_ids=[local_rank] if use_cuda else None, broadcast_buffers=False) \
         if distributed else compiled
     optimizers = build_optimizers(base_model, args, fused=use_cuda)
+    if cuda_graphs:  # the backward graph's outputs are overwritten by its next replay: accumulate into own grads
+        for p in base_model.parameters():
+            p.grad = torch.zeros_like(p)
     n_params = sum(p.numel() for p in base_model.parameters())
 
     dataset_name = Path(args.data_path.rstrip("/")).name
@@ -838,7 +854,7 @@ def main() -> None:
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
-        f"compile_memory_budget:{args.compile_memory_budget:g}")
+        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
@@ -860,13 +876,14 @@ def main() -> None:
 
     def train_step(step: int, lr_scale: float) -> Tensor:
         for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=not cuda_graphs)
         total = torch.zeros((), device=device)
         for micro in range(grad_accum_steps):
             x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
             # DDP averages gradients over ranks; only the last micro-step needs to all-reduce them.
             last_micro = micro == grad_accum_steps - 1
             with (model.no_sync() if distributed and not last_micro else contextlib.nullcontext()):
+                torch.compiler.cudagraph_mark_step_begin()  # a new replay (a no-op without CUDA graphs)
                 with autocast_ctx(device):
                     loss = model(x, y)
                 total += loss.detach()

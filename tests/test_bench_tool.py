@@ -54,6 +54,7 @@ def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     assert (p.model, p.seq_len, p.batch_tokens, p.card) == ("baseline", 128, 8192, "cpu")
     assert p.ms_per_step > 0 and p.tokens_per_s == pytest.approx(8192 / (p.ms_per_step / 1000), rel=0.01)
     assert p.version == "v9" and "old" in logs[0].read_text().splitlines()[0]
+    assert " cuda_graphs:False " in logs[0].read_text()  # from the run's `device:` line (CPU: no graphs)
 
 
 def test_script_dir_without_the_scripts_fails(tmp_path):
@@ -102,7 +103,7 @@ def test_ab_session_runs_items_in_order(tmp_path):
     assert len(probes) == 2 and probes[0].endswith("version:new") and probes[1].endswith("version:old")
     kept = sorted((out / "logs").glob("*.txt"), key=lambda f: f.stat().st_mtime)
     assert len(kept) == 2 and all("train_loss" in f.read_text() for f in kept)
-    budgets = [ln.split("compile_memory_budget:")[1] for f in kept for ln in f.read_text().splitlines()
+    budgets = [ln.split("compile_memory_budget:")[1].split()[0] for f in kept for ln in f.read_text().splitlines()
                if ln.startswith("device:")]
     assert sorted(budgets) == ["0.5", "1"]
     assert (out / "DONE").exists()

@@ -29,3 +29,34 @@ def test_profile_records_the_requested_steps(tmp_path):
     # Too short a run for the recording: a clear error, not an empty table.
     r = run_profile(tmp_path, 2, ["--skip", "2", "--active", "2"])
     assert r.returncode == 1 and "raise ITERATIONS" in r.stderr
+
+
+@needs_tokenizer
+def test_step_timing_reports_each_step(tmp_path):
+    """tools/step_timing.py: one line per step after --skip, CPU enqueue time never above the step's wall time
+    (on the CPU every op runs as it is launched, so the two are close), and a clear error when --skip leaves
+    nothing."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(REPO / "data/make_synthetic_dataset.py"), "--out", str(data),
+                    "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
+    env = dict(os.environ, DATA_PATH=str(data), TOKENIZER_PATH=str(TOKENIZER), MODEL_DIM="64", NUM_HEADS="4",
+               NUM_KV_HEADS="2", TRAIN_SEQ_LEN="128", TRAIN_BATCH_TOKENS="2048", ITERATIONS="5",
+               WARMUP_STEPS="1", VAL_MAX_TOKENS="1024", VAL_LOSS_EVERY="0", OUTPUT_DIR=str(tmp_path / "out"),
+               RUN_ID="timing", OMP_NUM_THREADS="1")
+
+    def run(skip):
+        return subprocess.run([sys.executable, str(REPO / "tools/step_timing.py"), str(REPO / "train_gpt.py"),
+                               "--skip", str(skip)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300)
+
+    r = run(2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [dict(kv.split(":") for kv in line.split()[1:]) for line in r.stdout.splitlines()
+            if line.startswith("step_time ")]
+    # 1 warm-up + 5 steps = 6 starts, 5 full intervals, 2 skipped.
+    assert [int(row["step"]) for row in rows] == [3, 4, 5]
+    for row in rows:
+        assert 0 < float(row["cpu_ms"]) <= float(row["wall_ms"])
+    assert "step_timing steps:3 " in r.stdout
+    r = run(9)
+    assert r.returncode == 1 and "lower --skip" in r.stderr

@@ -95,18 +95,21 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()
     attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
     gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
+    graphs = next((m.group(1) for ln in text if ln.startswith("device:")
+                   for m in [re.search(r"cuda_graphs:(\w+)", ln)] if m), "-")  # "-": a script before CUDA_GRAPHS
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
-                torch=run.torch or "unknown", attn=attn, gdn=gdn, label=a.label)
+                torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs, label=a.label)
 
 
 def probe_line(r: dict) -> str:
     return (f"probe model:{r['model']} seq_len:{r['seq_len']} batch_tokens:{r['batch_tokens']} "
             f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
             f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
+            f" cuda_graphs:{r.get('graphs', '-')}"
             + (f" version:{r['label']}" if r.get("label") else ""))
 
 

@@ -1,0 +1,92 @@
+"""Is a training step bound by the GPU or by the CPU that launches its work? Runs a training script (imported
+as a module, its own main(): same code path as training, no profiler) and stamps, per training step, when the
+step asks for its first micro-batch (the step starts), when its last optimiser has been launched (the CPU is
+done enqueueing), and when the next step starts (the script's once-per-step sync has returned):
+
+    ITERATIONS=12 WARMUP_STEPS=3 VAL_LOSS_EVERY=0 python3 tools/step_timing.py train_gpt_gdn.py --skip 5
+
+prints one line per step and a summary line
+`step_timing steps:N wall_ms:<median> cpu_ms:<median> cpu_fraction:<cpu/wall>`: a cpu_fraction near 1 means the
+GPU waits on the launches (fewer launches or CUDA graphs would pay); far below 1 means the step is GPU-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script")
+    p.add_argument("--skip", type=int, default=5, help="training steps (warm-up steps included) not reported")
+    a = p.parse_args(argv)
+    path = Path(a.script)
+    if not path.is_file():
+        p.error(f"script {a.script}: no such file")
+    if a.skip < 0:
+        p.error(f"--skip {a.skip}: expected >= 0")
+    spec = importlib.util.spec_from_file_location("timed_training_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.argv = [str(path)]
+    spec.loader.exec_module(mod)  # defines everything; main() runs below (the script guards it)
+    if not hasattr(mod, "DistributedTokenLoader") or not hasattr(mod, "main"):
+        p.error(f"script {a.script}: expected a training script with DistributedTokenLoader and main()")
+
+    starts: list[float] = []  # first micro-batch request of each step
+    launched: list[float] = []  # last optimiser step of each step returned (no sync)
+    state = {"in_step": False}
+    next_batch = mod.DistributedTokenLoader.next_batch
+
+    def timed_next_batch(self, *args, **kwargs):
+        if not state["in_step"]:
+            state["in_step"] = True
+            starts.append(time.perf_counter())
+        return next_batch(self, *args, **kwargs)
+
+    def on_step(optimizer, args, kwargs) -> None:
+        if state["in_step"] and optimizer is last_optimizer[0]:
+            launched.append(time.perf_counter())
+            state["in_step"] = False
+
+    last_optimizer: list = [None]
+    orig_build = mod.build_optimizers
+
+    def build_optimizers(*args, **kwargs):
+        opts = orig_build(*args, **kwargs)
+        last_optimizer[0] = opts[-1]  # the training step steps them in this order
+        return opts
+
+    mod.DistributedTokenLoader.next_batch = timed_next_batch
+    mod.build_optimizers = build_optimizers
+    handle = register_optimizer_step_post_hook(on_step)
+    try:
+        mod.main()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    finally:
+        handle.remove()
+    # Step i spans starts[i] .. starts[i+1]; the last step has no successor. Warm-up steps count (the script
+    # restores the initial state after them, the timing is the same code).
+    n = min(len(starts) - 1, len(launched))
+    rows = [(1000.0 * (starts[i + 1] - starts[i]), 1000.0 * (launched[i] - starts[i])) for i in range(a.skip, n)]
+    if not rows:
+        print(f"error: the run made {max(n, 0)} timed training steps, --skip {a.skip} leaves none: raise "
+              "ITERATIONS or lower --skip", file=sys.stderr)
+        return 1
+    for i, (wall, cpu) in enumerate(rows):
+        print(f"step_time step:{a.skip + i + 1} wall_ms:{wall:.1f} cpu_ms:{cpu:.1f}")
+    wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+    print(f"step_timing steps:{len(rows)} wall_ms:{wall:.1f} cpu_ms:{cpu:.1f} cpu_fraction:{cpu / wall:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
