@@ -4,7 +4,7 @@
 # Usage: bash tools/gpu/profile_session.sh OUT_DIR
 #   env: RUNS ("hybrid:8192 baseline:8192 check": model:seq pairs and "check" (tools/check_compile.py), in
 #        order; the first hybrid run also pays a fresh machine's TileLang/Triton compilation)
-#        TOKENIZER_PATH DATA_PATH (generated if absent) LIMIT (seconds per profile, 300)
+#        TOKENIZER_PATH DATA_PATH (generated if absent) LIMIT (seconds per profile, 300) CUDA_GRAPHS (0)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -lt 1 ]; then echo "usage: bash tools/gpu/profile_session.sh OUT_DIR" >&2; exit 2; fi
@@ -25,6 +25,9 @@ DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
 [ -f "$DATA/synthetic_train_000000.bin" ] || \
   python3 data/make_synthetic_dataset.py --out "$DATA" --train-tokens 12000000 --val-tokens 300000 > /dev/null
 export PYTHONUNBUFFERED=1
+# Kernel tables of the plain launches by default (comparable with earlier versions' tables; graphs change how the
+# kernels are launched, not which): CUDA_GRAPHS=auto profiles the graph replays instead.
+export CUDA_GRAPHS=${CUDA_GRAPHS:-0}
 for run in $RUNS; do
   if [ "$run" = check ]; then
     timeout 900 python3 tools/check_compile.py > "$OUT/compile_check.txt" 2>&1; echo "check_compile: exit $?"
