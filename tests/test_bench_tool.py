@@ -54,7 +54,10 @@ def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     assert (p.model, p.seq_len, p.batch_tokens, p.card) == ("baseline", 128, 8192, "cpu")
     assert p.ms_per_step > 0 and p.tokens_per_s == pytest.approx(8192 / (p.ms_per_step / 1000), rel=0.01)
     assert p.version == "v9" and "old" in logs[0].read_text().splitlines()[0]
-    assert " cuda_graphs:False " in logs[0].read_text()  # from the run's `device:` line (CPU: no graphs)
+    text = logs[0].read_text()
+    assert " cuda_graphs:False " in text  # from the run's `device:` line (CPU: no graphs)
+    share = float(text.split(" cpu_fraction:")[1].split()[0])  # tools/step_timing.py's, over the measured steps
+    assert 0 < share <= 1.0
 
 
 def test_script_dir_without_the_scripts_fails(tmp_path):

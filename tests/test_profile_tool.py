@@ -60,3 +60,13 @@ def test_step_timing_reports_each_step(tmp_path):
     assert "step_timing steps:3 " in r.stdout
     r = run(9)
     assert r.returncode == 1 and "lower --skip" in r.stderr
+
+
+@needs_tokenizer
+def test_step_timing_passes_on_the_scripts_config_errors(tmp_path):
+    """Bad settings give the script's own one-line error and exit status 2 through the tool, not a traceback."""
+    env = dict(os.environ, DATA_PATH=str(tmp_path), TOKENIZER_PATH=str(TOKENIZER), SEED="abc",
+               OUTPUT_DIR=str(tmp_path / "out"), RUN_ID="timing_bad")
+    r = subprocess.run([sys.executable, str(REPO / "tools/step_timing.py"), str(REPO / "train_gpt_gdn.py")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: SEED") and "Traceback" not in r.stderr

@@ -1,8 +1,10 @@
 """Step-time benchmark: runs each training script's real training step (the script itself, as a subprocess:
 same code path as training) for a few steps after its own warm-up, on generated tokens, and reports per
 (model, seq len): ms/step at the study's batch size, tokens/s, model FLOPs utilisation against a stated peak,
-peak memory, and the attention and GDN implementations used. Writes a log of probe lines (one per result,
-read by tools/summarize_logs.py too) and a crossover plot under --out-dir.
+peak memory, the attention and GDN implementations used, whether CUDA graphs ran, and the share of the step the
+CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1 means the step
+waits on its launches). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a
+crossover plot under --out-dir.
 
     python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
 
@@ -82,8 +84,11 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
                PYTHONUNBUFFERED="1")
     if a.attn_backend:
         env["ATTN_BACKEND"] = a.attn_backend
-    proc = subprocess.run([sys.executable, str(Path(a.script_dir) / SCRIPTS[model])], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=a.timeout)
+    # Through tools/step_timing.py (the script's own main(), unchanged): it also says how much of each step the
+    # CPU spent enqueueing (cpu_fraction near 1: the step waits on its launches), over the same steps as ms/step.
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/step_timing.py"),
+                           str(Path(a.script_dir) / SCRIPTS[model]), "--skip", str(a.warmup + 2)],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=a.timeout)
     log = work / "logs" / f"{run_id}.txt"
     if proc.returncode != 0 or not log.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -97,19 +102,22 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
     graphs = next((m.group(1) for ln in text if ln.startswith("device:")
                    for m in [re.search(r"cuda_graphs:(\w+)", ln)] if m), "-")  # "-": a script before CUDA_GRAPHS
+    cpu_fraction = next((m.group(1) for ln in proc.stdout.splitlines() if ln.startswith("step_timing ")
+                         for m in [re.search(r"cpu_fraction:([0-9.]+)", ln)] if m), "-")
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
-                torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs, label=a.label)
+                torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs,
+                cpu_fraction=cpu_fraction, label=a.label)
 
 
 def probe_line(r: dict) -> str:
     return (f"probe model:{r['model']} seq_len:{r['seq_len']} batch_tokens:{r['batch_tokens']} "
             f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
             f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
-            f" cuda_graphs:{r.get('graphs', '-')}"
+            f" cuda_graphs:{r.get('graphs', '-')} cpu_fraction:{r.get('cpu_fraction', '-')}"
             + (f" version:{r['label']}" if r.get("label") else ""))
 
 
@@ -218,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 log.flush()
     if results:
         plot(results, out / f"bench_step_time_{stamp}.png")
-    print(f"\n| model | seq len | ms/step | tokens/s | MFU | peak MiB | attention | gdn |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model | seq len | ms/step | tokens/s | MFU | peak MiB | attention | gdn | graphs | CPU share |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['seq_len']} | {r['ms']:.1f} | {r['tok_s']:.0f} | {r['mfu']:.3f} | {r['peak']} "
-              f"| {r['attn']} | {r['gdn']} |")
+              f"| {r['attn']} | {r['gdn']} | {r['graphs']} | {r['cpu_fraction']} |")
     print(f"log: {log_path}")
     return 0 if results else 1
 

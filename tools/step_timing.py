@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         if e.code not in (0, None):
             raise
+    except Exception as e:
+        if type(e).__name__ != "ConfigError" or not hasattr(mod, "fail"):
+            raise
+        mod.fail(str(e))  # the script's own one-line error and exit status, as when it runs on its own
     finally:
         handle.remove()
     # Step i spans starts[i] .. starts[i+1]; the last step has no successor. Warm-up steps count (the script
