@@ -8,15 +8,20 @@ import sys
 from conftest import REPO, TOKENIZER, needs_tokenizer
 
 
-def run_profile(tmp_path, iterations, extra):
+def tiny_run_env(tmp_path, iterations, **extra):
+    """A tiny CPU training run's environment, on generated data made once per test folder."""
     data = tmp_path / "data"
     if not data.is_dir():
         subprocess.run([sys.executable, str(REPO / "data/make_synthetic_dataset.py"), "--out", str(data),
                         "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
-    env = dict(os.environ, DATA_PATH=str(data), TOKENIZER_PATH=str(TOKENIZER), MODEL_DIM="64", NUM_HEADS="4",
-               NUM_KV_HEADS="2", TRAIN_SEQ_LEN="128", TRAIN_BATCH_TOKENS="2048", ITERATIONS=str(iterations),
-               WARMUP_STEPS="1", VAL_MAX_TOKENS="1024", OUTPUT_DIR=str(tmp_path / "out"), RUN_ID="prof",
-               OMP_NUM_THREADS="1")
+    return dict(os.environ, DATA_PATH=str(data), TOKENIZER_PATH=str(TOKENIZER), MODEL_DIM="64", NUM_HEADS="4",
+                NUM_KV_HEADS="2", TRAIN_SEQ_LEN="128", TRAIN_BATCH_TOKENS="2048", ITERATIONS=str(iterations),
+                WARMUP_STEPS="1", VAL_MAX_TOKENS="1024", OUTPUT_DIR=str(tmp_path / "out"), OMP_NUM_THREADS="1",
+                **extra)
+
+
+def run_profile(tmp_path, iterations, extra):
+    env = tiny_run_env(tmp_path, iterations, RUN_ID="prof")
     return subprocess.run([sys.executable, str(REPO / "tools/profile_script.py"), str(REPO / "train_gpt.py"),
                            *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
@@ -36,13 +41,7 @@ def test_step_timing_reports_each_step(tmp_path):
     """tools/step_timing.py: one line per step after --skip, CPU enqueue time never above the step's wall time
     (on the CPU every op runs as it is launched, so the two are close), and a clear error when --skip leaves
     nothing."""
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, str(REPO / "data/make_synthetic_dataset.py"), "--out", str(data),
-                    "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
-    env = dict(os.environ, DATA_PATH=str(data), TOKENIZER_PATH=str(TOKENIZER), MODEL_DIM="64", NUM_HEADS="4",
-               NUM_KV_HEADS="2", TRAIN_SEQ_LEN="128", TRAIN_BATCH_TOKENS="2048", ITERATIONS="5",
-               WARMUP_STEPS="1", VAL_MAX_TOKENS="1024", VAL_LOSS_EVERY="0", OUTPUT_DIR=str(tmp_path / "out"),
-               RUN_ID="timing", OMP_NUM_THREADS="1")
+    env = tiny_run_env(tmp_path, 5, VAL_LOSS_EVERY="0", RUN_ID="timing")
 
     def run(skip):
         return subprocess.run([sys.executable, str(REPO / "tools/step_timing.py"), str(REPO / "train_gpt.py"),

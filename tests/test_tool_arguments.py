@@ -36,6 +36,8 @@ def test_positive_ints():
     ("saved_activations.py", ["--budgets", "x"], "--budgets 'x'"),
     ("saved_activations.py", ["--seq-len", "0"], "--seq-len 0"),
     ("bench_step_time.py", ["--seq-lens", "8k"], "--seq-lens '8k'"),
+    ("step_timing.py", ["nope.py"], "script nope.py: no such file"),
+    ("step_timing.py", [str(REPO / "train_gpt.py"), "--skip", "-1"], "--skip -1: expected >= 0"),
 ])
 def test_bad_option_is_refused(tool, args, message):
     r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,

@@ -75,6 +75,14 @@ def gdn_path(gdn_line: str) -> str:
     return gdn
 
 
+def line_field(lines: list[str], prefix: str, key: str) -> str:
+    """The value of ` key:value` in the first line starting with prefix, or "-"."""
+    for ln in lines:
+        if ln.startswith(prefix) and (m := re.search(rf"(?:^|\s){key}:(\S+)", ln)):
+            return m.group(1)
+    return "-"
+
+
 def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict:
     run_id = f"bench_{model}_seq{seq_len}_{int(time.time())}"
     env = dict(os.environ, DATA_PATH=a.data, TOKENIZER_PATH=a.tokenizer, RUN_ID=run_id,
@@ -100,10 +108,8 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()
     attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
     gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
-    graphs = next((m.group(1) for ln in text if ln.startswith("device:")
-                   for m in [re.search(r"cuda_graphs:(\w+)", ln)] if m), "-")  # "-": a script before CUDA_GRAPHS
-    cpu_fraction = next((m.group(1) for ln in proc.stdout.splitlines() if ln.startswith("step_timing ")
-                         for m in [re.search(r"cpu_fraction:([0-9.]+)", ln)] if m), "-")
+    graphs = line_field(text, "device:", "cuda_graphs")  # "-": a script from before CUDA_GRAPHS
+    cpu_fraction = line_field(proc.stdout.splitlines(), "step_timing ", "cpu_fraction")
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,

@@ -40,31 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"script {a.script}: expected a training script with DistributedTokenLoader and main()")
 
     starts: list[float] = []  # first micro-batch request of each step
-    launched: list[float] = []  # last optimiser step of each step returned (no sync)
-    state = {"in_step": False}
+    launched: list[float] = []  # when the step's last optimiser step returned (no sync)
     next_batch = mod.DistributedTokenLoader.next_batch
 
     def timed_next_batch(self, *args, **kwargs):
-        if not state["in_step"]:
-            state["in_step"] = True
+        if len(starts) == len(launched):  # the previous step (if any) has stepped its optimisers: a new step
             starts.append(time.perf_counter())
         return next_batch(self, *args, **kwargs)
 
-    def on_step(optimizer, args, kwargs) -> None:
-        if state["in_step"] and optimizer is last_optimizer[0]:
-            launched.append(time.perf_counter())
-            state["in_step"] = False
-
-    last_optimizer: list = [None]
-    orig_build = mod.build_optimizers
-
-    def build_optimizers(*args, **kwargs):
-        opts = orig_build(*args, **kwargs)
-        last_optimizer[0] = opts[-1]  # the training step steps them in this order
-        return opts
+    def on_step(optimizer, args, kwargs) -> None:  # each optimiser of the step moves its `launched` stamp later
+        now = time.perf_counter()
+        if len(launched) == len(starts):
+            launched[-1] = now
+        elif starts:
+            launched.append(now)
 
     mod.DistributedTokenLoader.next_batch = timed_next_batch
-    mod.build_optimizers = build_optimizers
     handle = register_optimizer_step_post_hook(on_step)
     try:
         mod.main()
