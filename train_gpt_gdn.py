@@ -855,9 +855,10 @@ def build_conv_kernels():
     """Our Triton kernels for the depthwise causal conv + SiLU of x (B, T, D) with weight (D, K), fp32 inside:
     (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q, k and v slices of the fused
     projection are. The backward recomputes the conv instead of saving it: one kernel writes dz = dy silu'(z) in
-    x's dtype (as a bf16 conv backward takes it) and the weight gradient as per-tile fp32 partial sums, summed in a
-    fixed order (deterministic); a second sums K shifted rows of dz into dx. (v4 recomputed z at all K rows each dx
-    row needs, in one kernel: 16 tile loads per tile, 4-10x slower than memory in a training step.)"""
+    x's dtype (as a bf16 conv backward takes it) and the weight gradient as fp32 partial sums, one per program
+    (TSEG rows of a sequence), summed in a fixed order (deterministic); a second sums K shifted rows of dz into dx.
+    (v4 recomputed z at all K rows each dx row needs, in one kernel: 16 tile loads per tile, 4-10x slower than
+    memory; v8's dz kernel loaded x twice and reduced the weight gradient over rows in every 64-row tile.)"""
     import triton
     import triton.language as tl
 
@@ -878,29 +879,33 @@ def build_conv_kernels():
                  mask=(t < T)[:, None] & md[None, :])
 
     @triton.jit
-    def conv_silu_bwd_dz_kernel(x, w, dy, dz, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, BT: tl.constexpr,
-                                BD: tl.constexpr):
-        i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-        t = i_t * BT + tl.arange(0, BT)
+    def conv_silu_bwd_dz_kernel(x, w, dy, dz, dw, T, D, sxb, sxt, sdb, sdt, K: tl.constexpr, KP: tl.constexpr,
+                                TSEG: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+        # One program per (column block, TSEG rows, sequence), walking its rows in BT-row tiles. The K shifted x
+        # rows of a tile are loaded once, as one (BT, KP, BD) tile, for both z and the weight gradient, whose
+        # products accumulate elementwise over the walk and are summed over rows once at its end.
+        i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         d = i_d * BD + tl.arange(0, BD)
+        j = tl.arange(0, KP)  # taps, padded to a power of two (taps >= K load nothing and weigh 0)
         md = d < D
-        z = tl.zeros([BT, BD], dtype=tl.float32)
-        for j in tl.static_range(K):  # z recomputed as in the forward
-            s = t - (K - 1) + j
-            m = ((s >= 0) & (s < T))[:, None] & md[None, :]
-            xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
-            z += xs * tl.load(w + d * K + j, mask=md, other=0.0).to(tl.float32)[None, :]
-        mt = (t < T)[:, None] & md[None, :]
-        g = tl.load(dy + i_b * sdb + t[:, None] * sdt + d[None, :], mask=mt, other=0.0).to(tl.float32)
-        sg = tl.sigmoid(z)
-        dzt = g * sg * (1.0 + z * (1.0 - sg))  # dz = dy silu'(z)
-        tl.store(dz + i_b * T * D + t[:, None] * D + d[None, :], dzt.to(dz.dtype.element_ty), mask=mt)
-        part = dw + ((i_b * tl.num_programs(0) + i_t) * D + d) * K
-        for j in tl.static_range(K):  # this tile's part of dw_j = sum_t dz_t x_{t-K+1+j} (fp32 dz)
-            s = t - (K - 1) + j
-            m = ((s >= 0) & (s < T))[:, None] & md[None, :]
-            xs = tl.load(x + i_b * sxb + s[:, None] * sxt + d[None, :], mask=m, other=0.0).to(tl.float32)
-            tl.store(part + j, tl.sum(dzt * xs, axis=0), mask=md)
+        mk = (j < K)[:, None] & md[None, :]
+        wt = tl.load(w + d[None, :] * K + j[:, None], mask=mk, other=0.0).to(tl.float32)  # (KP, BD)
+        acc = tl.zeros([BT, KP, BD], dtype=tl.float32)
+        for it in range(TSEG // BT):
+            t = i_s * TSEG + it * BT + tl.arange(0, BT)
+            s = t[:, None] - (K - 1) + j[None, :]  # (BT, KP): source row of each tap
+            m = ((s >= 0) & (t[:, None] < T) & (j < K)[None, :])[:, :, None] & md[None, None, :]
+            xs = tl.load(x + i_b * sxb + s[:, :, None] * sxt + d[None, None, :], mask=m, other=0.0)
+            xs = xs.to(tl.float32)
+            z = tl.sum(xs * wt[None, :, :], axis=1)  # z_t = sum_j w_j x_{t-K+1+j}
+            mt = (t < T)[:, None] & md[None, :]
+            g = tl.load(dy + i_b * sdb + t[:, None] * sdt + d[None, :], mask=mt, other=0.0).to(tl.float32)
+            sg = tl.sigmoid(z)
+            dzt = g * sg * (1.0 + z * (1.0 - sg))  # dz = dy silu'(z)
+            tl.store(dz + i_b * T * D + t[:, None] * D + d[None, :], dzt.to(dz.dtype.element_ty), mask=mt)
+            acc += dzt[:, None, :] * xs  # dw_j += dz_t x_{t-K+1+j} (fp32 dz)
+        part = dw + (i_b * tl.num_programs(1) + i_s) * D * K
+        tl.store(part + d[None, :] * K + j[:, None], tl.sum(acc, axis=0), mask=mk)
 
     @triton.jit
     def conv_silu_bwd_dx_kernel(dz, w, dx, T, D, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
@@ -919,13 +924,18 @@ def build_conv_kernels():
 
     # On the GPU, Triton picks the tile width and warps by timing (once per width D); the CPU interpreter
     # (tests) runs one fixed tile. Neither changes what a row or column computes.
+    # The dz kernel's walk is TSEG rows long (a multiple of its BT): few enough programs to make the weight
+    # gradient's partial sums small, enough (D/BD x T/TSEG x B, ~500 at the presets) to fill the GPU.
     tuned = os.environ.get("TRITON_INTERPRET") != "1"
+    TSEG = 512 if tuned else 32
     if tuned:
         configs = [triton.Config({"BD": bd}, num_warps=nw) for bd in (64, 128) for nw in (4, 8)]
         conv_silu_fwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_fwd_kernel)
-        conv_silu_bwd_dz_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_dz_kernel)
         conv_silu_bwd_dx_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_dx_kernel)
-    tile = {} if tuned else {"BD": 64}
+        dz_configs = [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt in (16, 32) for bd in (32, 64, 128)
+                      for nw in (4, 8)]
+        conv_silu_bwd_dz_kernel = triton.autotune(dz_configs, key=["D", "K"])(conv_silu_bwd_dz_kernel)
+    tile, dz_tile = ({}, {}) if tuned else ({"BD": 64}, {"BT": 16, "BD": 64})
 
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
         x = x if x.stride(-1) == 1 else x.contiguous()
@@ -941,11 +951,12 @@ def build_conv_kernels():
         (B, T, D), K, BT = x.shape, weight.size(1), 64
         weight = weight.contiguous()
         dz, dx = x.new_empty(B, T, D), x.new_empty(B, T, D)
-        parts = torch.empty(B * triton.cdiv(T, BT), D, K, device=x.device, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)  # noqa: E731
-        conv_silu_bwd_dz_kernel[grid](x, weight, dy, dz, parts, T, D, x.stride(0), x.stride(1), dy.stride(0),
-                                      dy.stride(1), K=K, BT=BT, **tile)
-        conv_silu_bwd_dx_kernel[grid](dz, weight, dx, T, D, K=K, BT=BT, **tile)
+        parts = torch.empty(B * triton.cdiv(T, TSEG), D, K, device=x.device, dtype=torch.float32)
+        conv_silu_bwd_dz_kernel[lambda meta: (triton.cdiv(D, meta["BD"]), triton.cdiv(T, TSEG), B)](
+            x, weight, dy, dz, parts, T, D, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), K=K,
+            KP=triton.next_power_of_2(K), TSEG=TSEG, **dz_tile)
+        conv_silu_bwd_dx_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
+            dz, weight, dx, T, D, K=K, BT=BT, **tile)
         return dx, parts.sum(0).to(weight.dtype)
 
     return fwd, bwd

@@ -318,3 +318,25 @@ def test_eval_val_rank_split(clean_env, sp):
     with torch.no_grad():
         x, y = val[:-1].long().reshape(7, 16), val[1:].long().reshape(7, 16)
         assert l0 == pytest.approx(model(x[:3], y[:3]).item(), rel=1e-6)
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("script", ["train_gpt", "train_gpt_gdn"])
+def test_eval_val_runs_without_autograd(clean_env, sp, script):
+    """Evaluation builds no autograd graph (eval_val is under torch.no_grad: under CUDA graphs a grad-mode forward
+    would record a training graph, saved activations included, per eval shape): every forward of eval_val runs
+    with grad disabled, and grad mode is back on afterwards."""
+    mod = BASE if script == "train_gpt" else load_script(script)
+    for k, v in dict(MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", TRAIN_SEQ_LEN="16",
+                     VAL_BATCH_SIZE="256", GDN_LAYERS="0").items():
+        clean_env.setenv(k, v)
+    if script == "train_gpt":
+        clean_env.delenv("GDN_LAYERS")
+    args = mod.Hyperparameters()
+    model = mod.GPT(args)
+    seen: list[bool] = []
+    model.register_forward_hook(lambda m, inp, out: seen.append((torch.is_grad_enabled(), out.requires_grad)))
+    val = torch.tensor(sp.encode("a few words of validation text, repeated " * 8)[: 3 * 16 + 1], dtype=torch.int32)
+    mod.eval_val(model, args, val, mod.build_byte_luts(sp, 1024), 0, 1, 8, torch.device("cpu"))
+    assert seen == [(False, False), (False, False)]  # two batches (2 + 1 sequences), no graph in either
+    assert torch.is_grad_enabled()

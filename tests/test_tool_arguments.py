@@ -37,6 +37,8 @@ def test_positive_ints():
     ("saved_activations.py", ["--seq-len", "0"], "--seq-len 0"),
     ("bench_step_time.py", ["--seq-lens", "8k"], "--seq-lens '8k'"),
     ("step_timing.py", ["nope.py"], "script nope.py: no such file"),
+    ("bench_conv_kernels.py", ["--old", ".", "--shapes", "6x8192"], "--shapes: '6x8192' is not BxTxD"),
+    ("bench_conv_kernels.py", ["--old", "nowhere"], "--old nowhere: no train_gpt_gdn.py there"),
     ("step_timing.py", [str(REPO / "train_gpt.py"), "--skip", "-1"], "--skip -1: expected >= 0"),
 ])
 def test_bad_option_is_refused(tool, args, message):

@@ -2,7 +2,7 @@
 (torch.profiler's key_averages table): attention (cuDNN/flash), the GDN kernels (FLA's, and the conv's: FLA's
 in v3, the hybrid's own Triton kernels from v4), matmuls, inductor's Triton kernels, aten elementwise/copies,
 other. Op-level rows (aten::, gdn_repro::, the profiler's step and
-optimiser markers) are skipped and a kernel listed twice (a Triton kernel's launcher and the kernel itself) is
+optimiser markers, inductor's graph-call markers) are skipped and a kernel listed twice (a Triton kernel's launcher and the kernel itself) is
 counted once, so the kinds add up to the GPU's busy time (of the rows in the table: a table cut at a row limit
 undercounts; tools/profile_script.py writes every row since the v3 session, the v2 tables hold the top 200).
 
@@ -25,7 +25,9 @@ KINDS = (  # first match wins
     ("inductor (Triton)", ("triton_",)),
     ("aten elementwise/copies", ("elementwise_kernel", "reduce_kernel", "copy", "fill")),
 )
-SKIP = ("aten::", "gdn_repro::", "ProfilerStep", "Optimizer.", "cuda", "Command Buffer")
+# Op-level and marker rows; "## Call CompiledFxGraph ... ##" (inductor's graph calls) holds, under CUDA graphs, the
+# time of the kernels its replay ran, which are listed again as kernel rows.
+SKIP = ("aten::", "gdn_repro::", "ProfilerStep", "Optimizer.", "cuda", "Command Buffer", "## ")
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
