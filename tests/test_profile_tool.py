@@ -1,6 +1,7 @@
 """tools/profile_script.py: records only the requested training steps of a real (tiny, CPU) run of a script and
 says so when the run is too short for them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,9 +29,13 @@ def run_profile(tmp_path, iterations, extra):
 
 @needs_tokenizer
 def test_profile_records_the_requested_steps(tmp_path):
-    r = run_profile(tmp_path, 4, ["--skip", "2", "--active", "2", "--top", "5"])
+    trace = tmp_path / "trace.json"
+    r = run_profile(tmp_path, 4, ["--skip", "2", "--active", "2", "--top", "5", "--trace", str(trace)])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ProfilerStep*" in r.stdout and "profile_per_step steps:2 " in r.stdout
+    # The chrome trace of the recorded steps (tools/trace_gaps.py reads it; on the CPU there is no GPU to analyse).
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert {"ProfilerStep#3", "ProfilerStep#4"} <= names and "Optimizer.step#Muon.step" in names
     # Too short a run for the recording: a clear error, not an empty table.
     r = run_profile(tmp_path, 2, ["--skip", "2", "--active", "2"])
     assert r.returncode == 1 and "raise ITERATIONS" in r.stderr

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.profile_summary import summarize  # noqa: E402
+from tools.trace_gaps import main as trace_gaps  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--active", type=int, default=2, help="training steps recorded")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default=None, help="also write the full table to this file")
+    p.add_argument("--trace", default=None, help="also write the chrome trace of the recorded steps here (.json or "
+                   ".json.gz) and, on a GPU, print where the GPU sat idle (tools/trace_gaps.py)")
     a = p.parse_args(argv)
     if not Path(a.script).is_file():
         p.error(f"script {a.script}: no such file")
@@ -49,11 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         stamps.append(time.perf_counter())
         prof.step()
 
+    def ready(pr) -> None:
+        result.setdefault("averages", pr.key_averages())
+        if a.trace:
+            pr.export_chrome_trace(a.trace)
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     sched = schedule(wait=a.skip, warmup=1, active=a.active, repeat=1)
     sys.argv = [a.script]
     with profile(activities=activities, schedule=sched,
-                 on_trace_ready=lambda pr: result.setdefault("averages", pr.key_averages())) as prof:
+                 on_trace_ready=ready) as prof:
         handle = register_optimizer_step_post_hook(on_step)
         try:
             runpy.run_path(a.script, run_name="__main__")
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(table)
     for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"profile_kind kind:{kind.replace(' ', '_')} gpu_ms_per_step:{ms:.1f}")
+    if a.trace and torch.cuda.is_available():
+        trace_gaps([a.trace])
     return 0
 
 

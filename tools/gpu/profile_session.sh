@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call of profiles (issue 5): where the GPU time of a training step goes, per model and length,
-# with tools/profile_script.py (--skip/--active keeps the trace small), then the compiled-model check.
+# with tools/profile_script.py (--skip/--active keeps the trace small; its chrome trace goes to /tmp and the log
+# gets tools/trace_gaps.py's summary of the idle GPU time), then the compiled-model check.
 # Usage: bash tools/gpu/profile_session.sh OUT_DIR
 #   env: RUNS ("hybrid:8192 baseline:8192 check": model:seq pairs and "check" (tools/check_compile.py), in
 #        order; the first hybrid run also pays a fresh machine's TileLang/Triton compilation)
@@ -40,8 +41,9 @@ for run in $RUNS; do
     TRAIN_BATCH_TOKENS=$batch ITERATIONS=6 WARMUP_STEPS=3 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 VAL_MAX_TOKENS="$seq" \
     MAX_WALLCLOCK_SECONDS=0 OUTPUT_DIR="/tmp/profile_out/$model" \
     timeout "${LIMIT:-300}" python3 tools/profile_script.py "$script" --skip 5 --active 2 --top 40 \
-    --out "$OUT/profile_${model}_seq${seq}.txt" > "$OUT/profile_${model}_seq${seq}.log" 2>&1
-  echo "$run: exit $?"; grep -E "^profile_per_step" "$OUT/profile_${model}_seq${seq}.log"
+    --out "$OUT/profile_${model}_seq${seq}.txt" --trace "/tmp/profile_trace_${model}_seq${seq}.json.gz" \
+    > "$OUT/profile_${model}_seq${seq}.log" 2>&1
+  echo "$run: exit $?"; grep -E "^(profile_per_step|trace_idle)" "$OUT/profile_${model}_seq${seq}.log"
   [ -f "logs/profile_${model}_seq${seq}.txt" ] && \
     grep -E "^(step|warmup|peak|sdp_|gdn_impl)" "logs/profile_${model}_seq${seq}.txt" > "$OUT/steps_${model}_seq${seq}.txt"
 done
