@@ -124,6 +124,7 @@ class Hyperparameters:
         self.gdn_head_dim_ratio = env_float("GDN_HEAD_DIM_RATIO", 0.75, 0.01, 64.0)
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
+        self.gdn_save_state = env_choice("GDN_SAVE_STATE", "0", ("0", "1"))  # FLA path: keep h for the backward
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -844,6 +845,141 @@ def register_fla_gdn_op() -> str | None:
 GDN_OP = None  # the custom op, once registered (CUDA with fla-core 0.6.x)
 
 
+def build_v_new_kernel():
+    """Our Triton kernel for the delta rule's corrected values v_new = u - w h per 64-row chunk, from the chunk
+    states h that the forward saved (GDN_SAVE_STATE=1): the product FLA's state recurrence forms as it goes (bf16
+    operands, fp32 accumulation, one rounding), here chunk-parallel. w (B, T, H, K), u (B, T, H, V) and
+    h (B, T/64, H, K, V) contiguous; returns v_new like u."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def v_new_kernel(u, w, h, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+        i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        t = i_t * BT + tl.arange(0, BT)
+        kk = tl.arange(0, BK)
+        vv = i_v * BV + tl.arange(0, BV)
+        mt, mk, mv = t < T, kk < K, vv < V
+        rows = (i_b * T + t) * H + i_h  # (b, t, h) row of w, u and out
+        b_w = tl.load(w + rows[:, None] * K + kk[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        b_h = tl.load(h + (((i_b * NT + i_t) * H + i_h) * K + kk[:, None]) * V + vv[None, :],
+                      mask=mk[:, None] & mv[None, :], other=0.0)
+        if IEEE:  # fp32 operands, or Triton's CPU interpreter (no bf16 dot): full fp32 products, not TF32
+            wh = tl.dot(b_w.to(tl.float32), b_h.to(tl.float32), input_precision="ieee")
+        else:  # bf16 operands, fp32 accumulation: as FLA's recurrence forms the product
+            wh = tl.dot(b_w, b_h.to(b_w.dtype))
+        m = mt[:, None] & mv[None, :]
+        b_u = tl.load(u + rows[:, None] * V + vv[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(out + rows[:, None] * V + vv[None, :], (b_u - wh).to(out.dtype.element_ty), mask=m)
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def v_new(u: Tensor, w: Tensor, h: Tensor) -> Tensor:
+        (B, T, H, K), V, NT = w.shape, u.size(-1), h.size(1)
+        BK, BV = max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
+        out = torch.empty_like(u)
+        v_new_kernel[(triton.cdiv(V, BV), NT, B * H)](u, w, h, out, T, NT, H=H, K=K, V=V, BT=64, BK=BK, BV=BV,
+                                                      IEEE=w.dtype == torch.float32 or interpreted)
+        return out
+
+    return v_new
+
+
+def register_fla_gdn_state_op() -> str | None:
+    """GDN_SAVE_STATE=1: FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
+    forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
+    recurrence (latency-bound: ~1/4 of the hybrid's GDN kernel time at 32k). The backward runs FLA's backward
+    kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from build_v_new_kernel instead
+    of that pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). Returns None when
+    registered (as GDN_STATE_OP), else why not."""
+    global GDN_STATE_OP
+    if GDN_STATE_OP is not None:
+        return None
+    try:
+        from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+        from fla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
+        from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra
+        from fla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
+        from fla.ops.utils import chunk_local_cumsum
+        from fla.ops.utils.constant import RCP_LN2
+        for fn, params in ((chunk_local_cumsum, {"chunk_size", "scale", "reverse"}),
+                           (chunk_gated_delta_rule_fwd_intra, {"k", "v", "g", "beta", "chunk_size"}),
+                           (chunk_gated_delta_rule_fwd_h, {"k", "w", "u", "g", "initial_state",
+                                                           "output_final_state", "chunk_size"}),
+                           (chunk_fwd_o, {"q", "k", "v", "h", "g", "scale", "chunk_size"}),
+                           (recompute_w_u_fwd, {"k", "v", "beta", "A", "g"}),
+                           (chunk_bwd_dv_local, {"q", "k", "g", "do", "scale", "chunk_size"}),
+                           (chunk_gated_delta_rule_bwd_dhu, {"q", "k", "w", "g", "h0", "dht", "do", "dv", "scale",
+                                                             "chunk_size"}),
+                           (chunk_bwd_dqkwg, {"q", "k", "v", "w", "g", "h", "dv", "do", "dh", "scale", "chunk_size"}),
+                           (prepare_wy_repr_bwd, {"k", "v", "beta", "g", "A", "dw", "du"})):
+            if not params <= set(inspect.signature(fn).parameters):
+                return f"fla's {fn.__name__} has another signature"
+        v_new_from_h = build_v_new_kernel()
+    except Exception as e:  # another fla-core version, or none
+        return f"{type(e).__name__}: {e}"
+    C = 64  # FLA's chunk size, which h is saved at
+
+    @torch.library.custom_op("gdn_repro::chunk_gdr_fwd_state", mutates_args=())
+    def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
+        g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
+        w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
+                                                   output_final_state=False, chunk_size=C)
+        o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
+        return o.to(q.dtype), A, g_cum, h
+
+    @fwd.register_fake
+    def _(q, k, v, g, beta, scale):
+        B, T, H, K = k.shape
+        return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, C),
+                g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
+
+    @torch.library.custom_op("gdn_repro::chunk_gdr_bwd_state", mutates_args=())
+    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
+        w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
+        v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence
+        dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
+        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
+                                                   scale=scale, chunk_size=C)
+        dq, dk, dw, dg = chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g_cum, h=h, dv=dv, do=do, dh=dh, scale=scale,
+                                         chunk_size=C)
+        dk2, dv, db, dg2 = prepare_wy_repr_bwd(k=k, v=v, beta=beta, g=g_cum, A=A, dw=dw, du=dv)
+        dk.add_(dk2)
+        dg.add_(dg2)
+        dg = chunk_local_cumsum(dg, chunk_size=C, reverse=True)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype)
+
+    @bwd.register_fake
+    def _(q, k, v, g_cum, beta, A, h, do, scale):
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
+                torch.empty_like(beta))
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, g, beta, scale = inputs
+        _, A, g_cum, h = output
+        ctx.save_for_backward(q, k, v, g_cum, beta, A, h)
+        ctx.scale = scale
+
+    def backward(ctx, do, dA, dg_cum, dh):
+        q, k, v, g_cum, beta, A, h = ctx.saved_tensors
+        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, do, ctx.scale)
+        return dq, dk, dv, dg, db, None
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    GDN_STATE_OP = fwd
+    return None
+
+
+GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE=1)
+
+
 def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
     """FLA's chunked kernels; q and k already L2-normalised, g (log decay) fp32, beta in (0, 2)."""
     if GDN_OP is not None:
@@ -1089,6 +1225,7 @@ def triton_breaks_hopper_gdn(device: torch.device) -> str | None:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
+    global GDN_OP
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1121,12 +1258,23 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \
                 f" (public op, graph breaks: custom op not registered: {why})"
+            if args.gdn_save_state == "1":
+                why = register_fla_gdn_state_op()
+                if why is not None:
+                    raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
+                                      f"op ({why}); use GDN_SAVE_STATE=0")
+                GDN_OP = GDN_STATE_OP
+                note += "; chunk states saved for the backward (GDN_SAVE_STATE=1)"
             why = register_conv_op()
             note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
                 f"; conv: PyTorch (triton conv kernels not registered: {why})"
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"
+    if args.gdn_save_state == "1" and want != "fla":
+        raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
+                          f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"
+                          f"{', no GDN layers' if not gdn else ''}); use GDN_SAVE_STATE=0")
     args.gdn_impl = "fla" if want == "fla" else "torch"
     attn = [i for i in range(args.num_layers) if i not in gdn]
     return [f"gdn_layers:{gdn} attn_layers:{attn}",

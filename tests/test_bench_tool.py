@@ -145,6 +145,9 @@ def test_gdn_path_names_each_fla_path():
                     "causal_conv1d not registered: Y)") == "fla-op"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "
                     "as a torch custom op") == "fla-op+conv-op"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "
+                    "as a torch custom op; chunk states saved for the backward (GDN_SAVE_STATE=1)") \
+        == "fla-op+conv-op+saved-state"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path("gdn_impl:torch GDN core: our chunked PyTorch gated delta rule (fp32)") == "torch"

@@ -87,6 +87,9 @@ CASES = {
     "gdn_layers_repeated": ("train_gpt_gdn", dict(GDN_LAYERS="1,1"), good, ["GDN_LAYERS"]),
     "gdn_impl_fla_without_cuda": ("train_gpt_gdn", dict(GDN_IMPL="fla"), good, ["GDN_IMPL=fla", "CUDA"]),
     "gdn_impl_unknown": ("train_gpt_gdn", dict(GDN_IMPL="triton"), good, ["GDN_IMPL"]),
+    "gdn_save_state_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_STATE="1"), good,
+                                   ["GDN_SAVE_STATE=1", "FLA", "GDN_IMPL=auto", "GDN_SAVE_STATE=0"]),
+    "gdn_save_state_unknown": ("train_gpt_gdn", dict(GDN_SAVE_STATE="yes"), good, ["GDN_SAVE_STATE"]),
     "gdn_layers_on_baseline": ("train_gpt", dict(GDN_LAYERS="0,1"), good, ["GDN_LAYERS", "train_gpt_gdn.py"]),
 }
 

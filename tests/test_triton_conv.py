@@ -1,5 +1,6 @@
-"""The hybrid's own Triton conv + SiLU kernels (train_gpt_gdn.build_conv_kernels, run as the custom op
-gdn_repro::conv_silu_fwd/bwd) against the PyTorch form, on the CPU under Triton's interpreter (TRITON_INTERPRET=1;
+"""The hybrid's own Triton kernels against PyTorch forms: the conv + SiLU kernels (train_gpt_gdn.build_conv_kernels,
+run as the custom op gdn_repro::conv_silu_fwd/bwd) and the v_new = u - w h kernel of GDN_SAVE_STATE=1
+(build_v_new_kernel), on the CPU under Triton's interpreter (TRITON_INTERPRET=1;
 triton from run_tests.sh's TRITON_INTERP_DIR or the installed one; in a subprocess, so that the other tests never
 import triton): the real kernels' outputs and gradients on fresh random inputs, a strided q|k|v-style view, lengths
 that are not a multiple of the tiles, eager and under torch.compile. On a GPU: tools/check_gdn_fla.py."""
@@ -49,15 +50,48 @@ CHECK = textwrap.dedent("""
 """)
 
 
+V_NEW_CHECK = textwrap.dedent("""
+    import importlib.util, sys, torch
+    spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+    gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+    v_new = gdn.build_v_new_kernel()
+    torch.manual_seed(int(sys.argv[2]))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for B, T, H, K, V in ((2, 100, 3, 42, 84), (1, 64, 2, 16, 16), (1, 130, 1, 20, 100)):
+            NT = -(-T // 64)
+            w, u = torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, V, dtype=dtype)
+            h = torch.randn(B, NT, H, K, V, dtype=dtype)
+            wp = torch.nn.functional.pad(w.float(), (0, 0, 0, 0, 0, NT * 64 - T)).view(B, NT, 64, H, K)
+            wh = torch.einsum("bnchk,bnhkv->bnchv", wp, h.float()).reshape(B, NT * 64, H, V)[:, :T]
+            ref = u.float() - wh
+            got = v_new(u, w, h)
+            assert got.dtype == dtype and got.shape == u.shape
+            err = ((got.float() - ref).abs().max() / ref.abs().max()).item()
+            assert err < tol, (dtype, B, T, H, K, V, err)
+    print("ok")
+""")
+
+
+def run_interpreted(check: str, seed: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    return subprocess.run([sys.executable, "-c", check, str(REPO / "train_gpt_gdn.py"), str(seed)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_v_new_kernel_matches_pytorch_form():
+    """u - w h per 64-row chunk (the states h of each chunk's start): lengths not a multiple of the chunk, head
+    dims not powers of two, several value blocks."""
+    r = run_interpreted(V_NEW_CHECK, 0)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
 def test_triton_conv_kernels_match_pytorch_form():
     if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
         pytest.fail(f"triton for the interpreter not found in {TRITON_DIR} nor installed: run_tests.sh installs "
                     "it there (or set TRITON_INTERP_DIR)")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     for seed in (0, 1):
-        r = subprocess.run([sys.executable, "-c", CHECK, str(REPO / "train_gpt_gdn.py"), str(seed)], env=env,
-                           capture_output=True, text=True, timeout=600)
+        r = run_interpreted(CHECK, seed)
         assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
 
 

@@ -65,13 +65,14 @@ def model_flops_per_token(model: str, seq_len: int) -> float:
 def gdn_path(gdn_line: str) -> str:
     """The GDN implementation a run logged (its `gdn_impl:` line): torch, fla-op (FLA's GDN as our custom op: one
     compiled graph) or fla-public (FLA's public op: graph breaks), plus +conv-op where the conv ran as our
-    custom op (v3: FLA's conv kernels; v4 on: our Triton kernels)."""
+    custom op (v3: FLA's conv kernels; v4 on: our Triton kernels) and +saved-state with GDN_SAVE_STATE=1."""
     if not gdn_line:
         return "-"
     gdn = gdn_line.split(":", 1)[1].split()[0]
     if gdn == "fla":
         gdn += "-op" if "as one torch custom op" in gdn_line else "-public"
         gdn += "+conv-op" if re.search(r"conv: .* as a torch custom op", gdn_line) else ""
+        gdn += "+saved-state" if "chunk states saved for the backward" in gdn_line else ""
     return gdn
 
 

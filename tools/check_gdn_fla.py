@@ -1,8 +1,9 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
-inputs, through both our custom op (FLA's forward/backward functions, traceable by torch.compile) and FLA's public
-op; our Triton causal conv1d + SiLU (custom op) against our fp32 form; then the whole GatedDeltaNet layer with
-impl=fla, eager and compiled, against impl=torch (same weights, bf16 autocast).
+inputs, through our custom op (FLA's forward/backward functions, traceable by torch.compile), the state-saving op
+of GDN_SAVE_STATE=1 (also against our custom op) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
+against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch
+(same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -25,6 +26,7 @@ gdn = importlib.import_module("train_gpt_gdn")
 
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
 TOL_FP32 = 1e-4  # our chunked fp32 form against the fp64 recurrence
+TOL_SAME = 5e-3  # the state-saving op against our op over FLA's own backward (same kernels but v_new's)
 
 
 def recurrence(q, k, v, g, beta, scale):
@@ -75,14 +77,22 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
 
     o_ref, g_ref = grads_of(ours, (q, k, v, g, b), do)
     rows = []
-    for path in ("op", "public"):  # our custom op over FLA's fwd/bwd functions, and FLA's public autograd op
-        op, gdn.GDN_OP = gdn.GDN_OP, (gdn.GDN_OP if path == "op" else None)
+    by_path = {}
+    # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE=1, FLA's public op
+    for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("public", None)):
+        if path == "state-op" and use is None:
+            continue
+        op, gdn.GDN_OP = gdn.GDN_OP, use
         try:
-            o_f, g_f = grads_of(fla, (q, k, v, g, b), do)
+            o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
         finally:
             gdn.GDN_OP = op
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
+    if "state-op" in by_path:  # the same kernels but for v_new from the saved states: bf16 rounding apart at most
+        (o_s, g_s), (o_o, g_o) = by_path["state-op"], by_path["op"]
+        rows += [("fla state-op vs op", "o", rel(o_s, o_o), TOL_SAME)]
+        rows += [("fla state-op vs op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_s, g_o)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
@@ -166,13 +176,22 @@ def time_op(B, T, H, dk, dv):
     q, k, v, g, b = make_inputs(B, T, H, dk, dv, dev, 0)
     scale = dk ** -0.5
     res = {}
-    for name, fn, dt in (("fla", gdn.gated_delta_rule_fla, torch.bfloat16), ("torch", None, torch.float32)):
+    paths = [("fla", gdn.GDN_OP, torch.bfloat16), ("fla-state", gdn.GDN_STATE_OP, torch.bfloat16),
+             ("torch", None, torch.float32)]
+    for name, op, dt in paths:
+        if name == "fla-state" and op is None:
+            continue
         qq, kk, vv = (t.to(dt).requires_grad_(True) for t in (q, k, v))
         gg, bb = g.clone().requires_grad_(True), b.clone().requires_grad_(True)
 
         def step():
-            if name == "fla":
-                o = fn(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg, 2 * torch.sigmoid(bb), scale)
+            if name != "torch":
+                gdn.GDN_OP, kept = op, gdn.GDN_OP
+                try:
+                    o = gdn.gated_delta_rule_fla(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
+                                                 2 * torch.sigmoid(bb), scale)
+                finally:
+                    gdn.GDN_OP = kept
             else:
                 o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
@@ -222,6 +241,7 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"fla:{fla.__version__} hopper_triton_issue:{gdn.triton_breaks_hopper_gdn(torch.device('cuda'))}")
     print(f"custom op: {gdn.register_fla_gdn_op() or 'registered'}")
+    print(f"state-saving op (GDN_SAVE_STATE=1): {gdn.register_fla_gdn_state_op() or 'registered'}")
     print(f"conv custom op: {gdn.register_conv_op() or 'registered'}")
     rows = []
     for i, T in enumerate(seq_lens):
@@ -239,7 +259,7 @@ def main() -> int:
     for B, T in ((6, 8192), (2, 32768)):
         t = time_op(B, T, 8, 42, 84)
         print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
-              f"ours(torch fp32) {t['torch']:.2f} ms")
+              f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_conv(B, T, 1344)
         print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: triton op {t['op']:.2f} ms, fla kernels "
