@@ -39,6 +39,8 @@ def test_positive_ints():
     ("step_timing.py", ["nope.py"], "script nope.py: no such file"),
     ("bench_conv_kernels.py", ["--old", ".", "--shapes", "6x8192"], "--shapes: '6x8192' is not BxTxD"),
     ("bench_conv_kernels.py", ["--old", "nowhere"], "--old nowhere: no train_gpt_gdn.py there"),
+    ("bench_conv_kernels.py", ["--old", ".", "--shapes", "6x8192x336", "--x-row-width", "100"],
+     "--x-row-width 100: expected 0 or a width >= every shape's D"),
     ("step_timing.py", [str(REPO / "train_gpt.py"), "--skip", "-1"], "--skip -1: expected >= 0"),
 ])
 def test_bad_option_is_refused(tool, args, message):
@@ -59,3 +61,35 @@ def test_profile_session_checks_its_items_first(tmp_path, env, message):
                        text=True, env={**os.environ, **env}, timeout=60)
     assert r.returncode == 2 and message in r.stderr
     assert not out.exists()  # nothing started
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["OLD"], {}, "usage: bash tools/gpu/verify_session.sh OUT_DIR OLD_DIR"),
+    (["nowhere"], {}, "OLD_DIR nowhere: no train_gpt_gdn.py there"),
+    ([str(REPO)], dict(STAGES="gdn bench"), "STAGES: unknown stage 'bench'"),
+])
+def test_verify_session_checks_its_arguments_first(tmp_path, args, env, message):
+    out = tmp_path / "out"
+    argv = [str(out)] + args if args != ["OLD"] else [str(out)]
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/verify_session.sh"), *argv], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=60)
+    assert r.returncode == 2 and message in r.stderr
+    assert not out.exists()  # nothing started
+
+
+def test_poll_packs_a_finished_session(tmp_path):
+    """tools/gpu/poll.sh outside a device call says so; inside one (OUT set) it packs the session directory into
+    one file and stops once the done-file is there."""
+    src, out = tmp_path / "s", tmp_path / "o"
+    src.mkdir()
+    out.mkdir()
+    (src / "probes.txt").write_text("probe model:hybrid\n")
+    (src / "ALL.done").touch()
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/poll.sh"), str(src), "60"], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "OUT"}, timeout=60)
+    assert r.returncode == 2 and "$OUT is not set" in r.stderr
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/poll.sh"), str(src), "60"], capture_output=True, text=True,
+                       env={**os.environ, "OUT": str(out)}, timeout=60)
+    assert r.returncode == 0 and "probes.txt" in r.stdout
+    listing = subprocess.run(["tar", "tzf", str(out / "results.tgz")], capture_output=True, text=True).stdout
+    assert "./probes.txt" in listing and "./ALL.done" in listing

@@ -5,6 +5,7 @@ version's forward and backward (CUDA events around a CUDA graph of 20 calls, aft
 called directly (no custom-op registration), so two versions can sit side by side.
 
     python3 tools/bench_conv_kernels.py --old .bench_old [--new .] [--shapes 6x8192x336,6x8192x672,2x32768x672]
+                                        [--x-row-width 2032]
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old", required=True, help="directory with the old train_gpt_gdn.py")
     p.add_argument("--new", default=".", help="directory with the new train_gpt_gdn.py")
     p.add_argument("--shapes", default="6x8192x336,6x8192x672,2x32768x336,2x32768x672")
+    p.add_argument("--x-row-width", type=int, default=0,
+                   help="x as the first D columns of a (B, T, W) tensor, as the layer's q/k/v slices of its fused "
+                        "projection are (2032 at the presets); 0: contiguous x")
     a = p.parse_args(argv)
     shapes = parse_shapes(p, a.shapes)
+    if a.x_row_width and any(d > a.x_row_width for _, _, d in shapes) or a.x_row_width < 0:
+        p.error(f"--x-row-width {a.x_row_width}: expected 0 or a width >= every shape's D")
     for opt, d in (("--old", a.old), ("--new", a.new)):
         if not (Path(d) / "train_gpt_gdn.py").is_file():
             p.error(f"{opt} {d}: no train_gpt_gdn.py there (expected a directory holding one)")
@@ -76,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     versions = {"old": load_kernels(a.old, "old"), "new": load_kernels(a.new, "new")}
-    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} old:{a.old} new:{a.new}")
+    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} old:{a.old} new:{a.new} "
+          f"x_row_width:{a.x_row_width or 'contiguous'}")
     failed = 0
     for B, T, D in shapes:
         torch.manual_seed(B * T + D)
-        x = torch.randn(B, T, D, device="cuda").bfloat16()
+        x = torch.randn(B, T, a.x_row_width or D, device="cuda").bfloat16()[..., :D]
         w = (torch.randn(D, 4, device="cuda") * 0.5).bfloat16()
         dy = torch.randn(B, T, D, device="cuda").bfloat16()
         xr, wr = x.float().requires_grad_(True), w.float().requires_grad_(True)
