@@ -890,7 +890,7 @@ def build_v_new_kernel():
 def register_fla_gdn_state_op() -> str | None:
     """GDN_SAVE_STATE=1: FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
-    recurrence (latency-bound: ~1/4 of the hybrid's GDN kernel time at 32k). The backward runs FLA's backward
+    recurrence (latency-bound: ~5% of the hybrid's 32k step). The backward runs FLA's backward
     kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from build_v_new_kernel instead
     of that pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). Returns None when
     registered (as GDN_STATE_OP), else why not."""
@@ -1061,7 +1061,7 @@ def build_conv_kernels():
     # On the GPU, Triton picks the tile width and warps by timing (once per width D); the CPU interpreter
     # (tests) runs one fixed tile. Neither changes what a row or column computes.
     # The dz kernel's walk is TSEG rows long (a multiple of its BT): few enough programs to make the weight
-    # gradient's partial sums small, enough (D/BD x T/TSEG x B, ~500 at the presets) to fill the GPU.
+    # gradient's partial sums small, enough (D/BD x T/TSEG x B: 576-1056 at the presets) to fill the GPU.
     tuned = os.environ.get("TRITON_INTERPRET") != "1"
     TSEG = 512 if tuned else 32
     if tuned:
