@@ -8,6 +8,9 @@ done enqueueing), and when the next step starts (the script's once-per-step sync
 prints one line per step and a summary line
 `step_timing steps:N wall_ms:<median> cpu_ms:<median> cpu_fraction:<cpu/wall>`: a cpu_fraction near 1 means the
 GPU waits on the launches (fewer launches or CUDA graphs would pay); far below 1 means the step is GPU-bound.
+The enqueue time includes any wait for room in CUDA's launch queue: a GPU-bound step whose work fills the queue
+(CUDA graphs: the CPU runs far ahead) reads 0.75-0.9 too; a profile (tools/profile_script.py) tells them apart by
+its "Command Buffer Full" row (CPU time blocked on a full queue).
 """
 
 from __future__ import annotations
