@@ -1,0 +1,78 @@
+"""The hybrid's Triton kernels (the conv + SiLU kernels and the v_new kernel of train_gpt_gdn.py, and the candidate of
+tools/kernels/conv_bwd_fused.py) compile for Hopper (sm_90) on a machine without a GPU: Triton's compiler and its
+bundled ptxas from run_tests.sh's TRITON_INTERP_DIR, ahead of time, in a subprocess. The interpreter tests check what
+the kernels compute; this one catches what only the GPU compiler refuses (a dot shape, a gather's lowering), before
+any device time is spent. Prints each kernel's registers and spills for the record; speed is not asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from test_triton_conv import TRITON_DIR
+
+COMPILE = textwrap.dedent("""
+    import importlib.util, os, subprocess, sys, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sys.path.insert(0, sys.argv[2])
+    spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+    gdn = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+    from tools.kernels import conv_bwd_fused
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+    def jit_functions(launcher):  # the kernels a launcher closes over (autotuned ones unwrapped)
+        jit = triton.runtime.jit.JITFunction
+        cells = [c.cell_contents for c in launcher.__closure__ or ()]
+        return {f.__name__: f for f in (c if isinstance(c, jit) else getattr(c, "fn", c) for c in cells)
+                if isinstance(f, jit)}
+
+    conv_fwd, conv_bwd = gdn.build_conv_kernels()
+    kernels = {**jit_functions(conv_fwd), **jit_functions(conv_bwd), **jit_functions(gdn.build_v_new_kernel())}
+    kernels["conv_silu_bwd_fused_kernel"] = conv_bwd_fused.conv_silu_bwd_fused_kernel
+    strides = {"sxb": "i32", "sxt": "i32"}
+    cases = [
+        ("conv_silu_fwd_kernel", {"x": "*bf16", "w": "*bf16", "y": "*bf16", "T": "i32", "D": "i32", **strides,
+                                  "syb": "i32", "syt": "i32"}, dict(K=4, BT=64, BD=64)),
+        ("conv_silu_bwd_dz_kernel", {"x": "*bf16", "w": "*bf16", "dy": "*bf16", "dz": "*bf16", "dw": "*fp32",
+                                     "T": "i32", "D": "i32", **strides, "sdb": "i32", "sdt": "i32"},
+         dict(K=4, KP=4, TSEG=512, BT=32, BD=64)),
+        ("conv_silu_bwd_dx_kernel", {"dz": "*bf16", "w": "*bf16", "dx": "*bf16", "T": "i32", "D": "i32"},
+         dict(K=4, BT=64, BD=64)),
+        ("v_new_kernel", {"u": "*bf16", "w": "*bf16", "h": "*bf16", "out": "*bf16", "T": "i32", "NT": "i32"},
+         dict(H=8, K=42, V=84, BT=64, BK=64, BV=64, IEEE=False)),
+        ("conv_silu_bwd_fused_kernel", {"x": "*bf16", "w": "*bf16", "dy": "*bf16", "dx": "*bf16", "dw": "*fp32",
+                                        "T": "i32", "D": "i32", **strides, "sdb": "i32", "sdt": "i32"},
+         dict(K=4, KP=4, TSEG=512, BT=16, BD=64)),
+    ]
+    for name, sig, const in cases:
+        sig = {**sig, **{k: "constexpr" for k in const}}
+        k = triton.compile(ASTSource(fn=kernels[name], signature=sig, constexprs=const),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(k.asm["ptx"])
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        used = " | ".join(l.split("info    : ")[-1].strip() for l in r.stderr.splitlines() if "Used" in l or "spill" in l)
+        print(f"sm90 {name}: {used}")
+    print("ok")
+""")
+
+
+def test_kernels_compile_for_hopper():
+    if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
+        pytest.fail(f"triton not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                                                           if p]))
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", COMPILE, str(REPO / "train_gpt_gdn.py"), str(REPO)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+    assert r.stdout.count("sm90 ") == 5
