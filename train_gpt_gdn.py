@@ -783,6 +783,15 @@ def fla_gated_delta_rule_public(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta
     return o
 
 
+def fla_signature_problem(checks) -> str | None:
+    """checks: (function, keyword parameters we pass it) pairs. The first function of this fla-core that lacks one
+    of them, as a reason not to register an op over FLA's internals; None when all take what we pass."""
+    for fn, params in checks:
+        if not params <= set(inspect.signature(fn).parameters):
+            return f"fla's {fn.__name__} has another signature"
+    return None
+
+
 def register_fla_gdn_op() -> str | None:
     """Register FLA's chunked gated delta rule (its forward and backward functions) as a torch custom op, so
     that torch.compile traces the whole model as one graph. Returns None when done, else why not (then the
@@ -791,10 +800,10 @@ def register_fla_gdn_op() -> str | None:
     common = {"q", "k", "v", "g", "beta", "scale", "initial_state"}
     try:
         from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
-        for fn, params in ((chunk_gated_delta_rule_fwd, common | {"output_final_state"}),
-                           (chunk_gated_delta_rule_bwd, common | {"A", "do", "dht"})):
-            if not params <= set(inspect.signature(fn).parameters):
-                return f"fla's {fn.__name__} has another signature"
+        why = fla_signature_problem(((chunk_gated_delta_rule_fwd, common | {"output_final_state"}),
+                                     (chunk_gated_delta_rule_bwd, common | {"A", "do", "dht"})))
+        if why:
+            return why
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     if GDN_OP is not None:
@@ -904,19 +913,18 @@ def register_fla_gdn_state_op() -> str | None:
         from fla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
         from fla.ops.utils import chunk_local_cumsum
         from fla.ops.utils.constant import RCP_LN2
-        for fn, params in ((chunk_local_cumsum, {"chunk_size", "scale", "reverse"}),
-                           (chunk_gated_delta_rule_fwd_intra, {"k", "v", "g", "beta", "chunk_size"}),
-                           (chunk_gated_delta_rule_fwd_h, {"k", "w", "u", "g", "initial_state",
-                                                           "output_final_state", "chunk_size"}),
-                           (chunk_fwd_o, {"q", "k", "v", "h", "g", "scale", "chunk_size"}),
-                           (recompute_w_u_fwd, {"k", "v", "beta", "A", "g"}),
-                           (chunk_bwd_dv_local, {"q", "k", "g", "do", "scale", "chunk_size"}),
-                           (chunk_gated_delta_rule_bwd_dhu, {"q", "k", "w", "g", "h0", "dht", "do", "dv", "scale",
-                                                             "chunk_size"}),
-                           (chunk_bwd_dqkwg, {"q", "k", "v", "w", "g", "h", "dv", "do", "dh", "scale", "chunk_size"}),
-                           (prepare_wy_repr_bwd, {"k", "v", "beta", "g", "A", "dw", "du"})):
-            if not params <= set(inspect.signature(fn).parameters):
-                return f"fla's {fn.__name__} has another signature"
+        why = fla_signature_problem((
+            (chunk_local_cumsum, {"chunk_size", "scale", "reverse"}),
+            (chunk_gated_delta_rule_fwd_intra, {"k", "v", "g", "beta", "chunk_size"}),
+            (chunk_gated_delta_rule_fwd_h, {"k", "w", "u", "g", "initial_state", "output_final_state", "chunk_size"}),
+            (chunk_fwd_o, {"q", "k", "v", "h", "g", "scale", "chunk_size"}),
+            (recompute_w_u_fwd, {"k", "v", "beta", "A", "g"}),
+            (chunk_bwd_dv_local, {"q", "k", "g", "do", "scale", "chunk_size"}),
+            (chunk_gated_delta_rule_bwd_dhu, {"q", "k", "w", "g", "h0", "dht", "do", "dv", "scale", "chunk_size"}),
+            (chunk_bwd_dqkwg, {"q", "k", "v", "w", "g", "h", "dv", "do", "dh", "scale", "chunk_size"}),
+            (prepare_wy_repr_bwd, {"k", "v", "beta", "g", "A", "dw", "du"})))
+        if why:
+            return why
         v_new_from_h = build_v_new_kernel()
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"

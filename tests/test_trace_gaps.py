@@ -78,3 +78,16 @@ def test_cli_summary_and_errors(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(tmp_path / "none.json")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "none.json: no such file" in r.stderr
+
+
+def test_cli_refuses_bad_options_and_broken_traces(tmp_path):
+    good = tmp_path / "t.json"
+    good.write_text(json.dumps({"traceEvents": trace()}))
+    r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(good), "--top", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--min-gap-us and --top must be >= 0" in r.stderr
+    broken = tmp_path / "cut.json"
+    broken.write_text(json.dumps({"traceEvents": trace()})[:200])  # a trace cut short (a killed export)
+    r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(broken)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "cut.json" in r.stderr and "Traceback" not in r.stderr

@@ -90,11 +90,23 @@ FUSED_CHECK = textwrap.dedent("""
 """)
 
 
-def run_interpreted(check: str, seed: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+def run_with_triton(check: str, *args: str, interpret: bool = True) -> subprocess.CompletedProcess:
+    """check (a Python source) in a subprocess that imports triton from TRITON_DIR (or the installed one), under
+    the interpreter or not, with the script's path, args and the repository root as sys.argv[1:]."""
+    if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
+        pytest.fail(f"triton not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
+                    "TRITON_INTERP_DIR)")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    return subprocess.run([sys.executable, "-c", check, str(REPO / "train_gpt_gdn.py"), str(seed), str(REPO)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run([sys.executable, "-c", check, str(REPO / "train_gpt_gdn.py"), *args, str(REPO)],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def run_interpreted(check: str, seed: int) -> subprocess.CompletedProcess:
+    return run_with_triton(check, str(seed))
 
 
 def test_fused_conv_backward_candidate_equals_the_scripts():
@@ -113,9 +125,6 @@ def test_v_new_kernel_matches_pytorch_form():
 
 
 def test_triton_conv_kernels_match_pytorch_form():
-    if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
-        pytest.fail(f"triton for the interpreter not found in {TRITON_DIR} nor installed: run_tests.sh installs "
-                    "it there (or set TRITON_INTERP_DIR)")
     for seed in (0, 1):
         r = run_interpreted(CHECK, seed)
         assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

@@ -6,23 +6,16 @@ any device time is spent. Prints each kernel's registers and spills for the reco
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
-
-from conftest import REPO
-from test_triton_conv import TRITON_DIR
+from test_triton_conv import run_with_triton
 
 COMPILE = textwrap.dedent("""
     import importlib.util, os, subprocess, sys, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    sys.path.insert(0, sys.argv[2])
+    sys.path.insert(0, sys.argv[-1])
     spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
     gdn = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
     from tools.kernels import conv_bwd_fused
@@ -67,12 +60,6 @@ COMPILE = textwrap.dedent("""
 
 
 def test_kernels_compile_for_hopper():
-    if not (TRITON_DIR / "triton").is_dir() and importlib.util.find_spec("triton") is None:
-        pytest.fail(f"triton not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TRITON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")]
-                                                                           if p]))
-    env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, "-c", COMPILE, str(REPO / "train_gpt_gdn.py"), str(REPO)], env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = run_with_triton(COMPILE, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
     assert r.stdout.count("sm90 ") == 5
