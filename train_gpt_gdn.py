@@ -124,7 +124,7 @@ class Hyperparameters:
         self.gdn_head_dim_ratio = env_float("GDN_HEAD_DIM_RATIO", 0.75, 0.01, 64.0)
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
-        self.gdn_save_state = env_choice("GDN_SAVE_STATE", "0", ("0", "1"))  # FLA path: keep h for the backward
+        self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -856,7 +856,7 @@ GDN_OP = None  # the custom op, once registered (CUDA with fla-core 0.6.x)
 
 def build_v_new_kernel():
     """Our Triton kernel for the delta rule's corrected values v_new = u - w h per 64-row chunk, from the chunk
-    states h that the forward saved (GDN_SAVE_STATE=1): the product FLA's state recurrence forms as it goes (bf16
+    states h that the forward saved (GDN_SAVE_STATE auto or 1): the product FLA's state recurrence forms as it goes (bf16
     operands, fp32 accumulation, one rounding), here chunk-parallel. w (B, T, H, K), u (B, T, H, V) and
     h (B, T/64, H, K, V) contiguous; returns v_new like u."""
     import triton
@@ -897,7 +897,7 @@ def build_v_new_kernel():
 
 
 def register_fla_gdn_state_op() -> str | None:
-    """GDN_SAVE_STATE=1: FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
+    """GDN_SAVE_STATE (auto/1): FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
     recurrence (latency-bound: ~5% of the hybrid's 32k step). The backward runs FLA's backward
     kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from build_v_new_kernel instead
@@ -985,7 +985,7 @@ def register_fla_gdn_state_op() -> str | None:
     return None
 
 
-GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE=1)
+GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
 
 
 def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
@@ -1266,13 +1266,16 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \
                 f" (public op, graph breaks: custom op not registered: {why})"
-            if args.gdn_save_state == "1":
+            if args.gdn_save_state != "0":  # auto: on where it registers (v12: 0.93x/0.96x steps at 8k/32k)
                 why = register_fla_gdn_state_op()
-                if why is not None:
+                if why is None:
+                    GDN_OP = GDN_STATE_OP
+                    note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
+                elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
-                                      f"op ({why}); use GDN_SAVE_STATE=0")
-                GDN_OP = GDN_STATE_OP
-                note += "; chunk states saved for the backward (GDN_SAVE_STATE=1)"
+                                      f"op ({why}); use GDN_SAVE_STATE=0 or auto")
+                else:
+                    note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
             why = register_conv_op()
             note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
                 f"; conv: PyTorch (triton conv kernels not registered: {why})"
@@ -1282,7 +1285,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"
-                          f"{', no GDN layers' if not gdn else ''}); use GDN_SAVE_STATE=0")
+                          f"{', no GDN layers' if not gdn else ''}); use GDN_SAVE_STATE=0 or auto")
     args.gdn_impl = "fla" if want == "fla" else "torch"
     attn = [i for i in range(args.num_layers) if i not in gdn]
     return [f"gdn_layers:{gdn} attn_layers:{attn}",

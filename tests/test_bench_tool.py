@@ -152,3 +152,26 @@ def test_gdn_path_names_each_fla_path():
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path("gdn_impl:torch GDN core: our chunked PyTorch gated delta rule (fp32)") == "torch"
     assert gdn_path("") == "-"
+
+
+def test_hybrid_refused_on_a_cuda_host_without_fla(monkeypatch, capsys):
+    """On a CUDA host where fla-core does not import, timing the hybrid would time our PyTorch GDN form: the bench
+    refuses it before any run, names the fix, and lets GDN_IMPL=torch ask for that form on purpose."""
+    import importlib.util
+    import torch
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fla" else real_find_spec(name, *a))
+    monkeypatch.delenv("GDN_IMPL", raising=False)
+    assert bench.fla_missing_for_hybrid(["baseline"]) is None
+    why = bench.fla_missing_for_hybrid(["baseline", "hybrid"])
+    assert why and "fla-core is not importable" in why and "install.sh" in why
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", "hybrid", "--seq-lens", "128"])
+    assert e.value.code == 2 and "fla-core is not importable" in capsys.readouterr().err
+    monkeypatch.setenv("GDN_IMPL", "torch")
+    assert bench.fla_missing_for_hybrid(["hybrid"]) is None
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    monkeypatch.delenv("GDN_IMPL")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.fla_missing_for_hybrid(["hybrid"]) is None  # CPU: the PyTorch form is the only one

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import subprocess
+import types
 import sys
 
 from conftest import REPO, load_script
@@ -338,6 +339,57 @@ def test_hybrid_gpt_backward_is_finite(clean_env):
     loss.backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+def fake_fla_host(monkeypatch, state_op_why):
+    """prepare_mixers as on a CUDA host with fla-core: a stand-in fla module, FLA's op and our conv op
+    'registered', the state-saving op registered (state_op_why None) or refused with that reason."""
+    fla_mod = types.ModuleType("fla")
+    fla_mod.__version__ = "0.0-standin"
+    for name in ("fla.ops", "fla.ops.gated_delta_rule"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["fla.ops.gated_delta_rule"].chunk_gated_delta_rule = object()
+    monkeypatch.setitem(sys.modules, "fla", fla_mod)
+    plain, state = object(), object()
+
+    def register_op():
+        gdn.GDN_OP = plain
+        return None
+
+    def register_state_op():
+        if state_op_why is None:
+            gdn.GDN_STATE_OP = state
+        return state_op_why
+
+    monkeypatch.setattr(gdn, "GDN_OP", None)
+    monkeypatch.setattr(gdn, "GDN_STATE_OP", None)
+    monkeypatch.setattr(gdn, "triton_breaks_hopper_gdn", lambda device: None)
+    monkeypatch.setattr(gdn, "register_fla_gdn_op", register_op)
+    monkeypatch.setattr(gdn, "register_fla_gdn_state_op", register_state_op)
+    monkeypatch.setattr(gdn, "register_conv_op", lambda: None)
+    return plain, state
+
+
+@pytest.mark.parametrize("setting", ["auto", "1", "0"])
+def test_gdn_save_state_selection_on_fla_host(clean_env, setting):
+    """GDN_SAVE_STATE: auto (the default) and 1 put the state-saving op in GDN_OP where FLA's path runs, 0 keeps
+    FLA's own op; the GDN line says which."""
+    plain, state = fake_fla_host(clean_env, None)
+    args = small_args(clean_env, **({} if setting == "auto" else dict(GDN_SAVE_STATE=setting)))
+    assert args.gdn_save_state == setting
+    lines = gdn.prepare_mixers(args, torch.device("cuda"))
+    assert args.gdn_impl == "fla"
+    assert gdn.GDN_OP is (plain if setting == "0" else state)
+    assert ("chunk states saved for the backward" in lines[2]) == (setting != "0")
+
+
+def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
+    plain, _ = fake_fla_host(clean_env, "FLA changed")
+    lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
+    assert gdn.GDN_OP is plain
+    assert "chunk states recomputed in the backward (state-saving op not registered: FLA changed)" in lines[2]
+    with pytest.raises(gdn.ConfigError, match="GDN_SAVE_STATE=1.*FLA changed.*GDN_SAVE_STATE=0 or auto"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="1"), torch.device("cuda"))
 
 
 # ------------------------------------------------------------------------------------------------

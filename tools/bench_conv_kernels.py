@@ -3,10 +3,10 @@ script versions in one process: for each shape, each version's forward and backw
 (output, dx, dweight; relative error, tolerance 2e-2 as tools/check_gdn_fla.py), then the GPU time of each
 version's forward and backward (CUDA events around a CUDA graph of 20 calls, after warm-up and autotuning) and
 the new/old ratio. The kernels are called directly (no custom-op registration), so two versions can sit side by
-side; --fused adds the one-kernel backward candidate of tools/kernels/conv_bwd_fused.py (with new's forward).
+side.
 
     python3 tools/bench_conv_kernels.py --old .bench_old [--new .] [--shapes 6x8192x336,6x8192x672,2x32768x672]
-                                        [--x-row-width 2032] [--fused]
+                                        [--x-row-width 2032]
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--x-row-width", type=int, default=0,
                    help="x as the first D columns of a (B, T, W) tensor, as the layer's q/k/v slices of its fused "
                         "projection are (2032 at the presets); 0: contiguous x")
-    p.add_argument("--fused", action="store_true",
-                   help="also the one-kernel backward candidate (tools/kernels/conv_bwd_fused.py), against new's")
     a = p.parse_args(argv)
     shapes = parse_shapes(p, a.shapes)
     if a.x_row_width and any(d > a.x_row_width for _, _, d in shapes) or a.x_row_width < 0:
@@ -85,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     versions = {"old": load_kernels(a.old, "old"), "new": load_kernels(a.new, "new")}
-    if a.fused:
-        from tools.kernels.conv_bwd_fused import build as build_fused
-        versions["fused"] = ((versions["new"][0][0], build_fused()), versions["new"][1])  # new's forward
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} old:{a.old} new:{a.new} "
           f"x_row_width:{a.x_row_width or 'contiguous'}")
     failed = 0
@@ -101,30 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         y_ref = ref_fn(xr, wr)
         y_ref.backward(dy.float())
         times = {}
-        for tag, ((fwd, bwd), _) in list(versions.items()):
+        for tag, ((fwd, bwd), _) in versions.items():
             y = fwd(x, w)
-            try:
-                dx, dw = bwd(x, w, dy)
-            except Exception as e:  # the candidate may not compile on this stack: report it, keep the others
-                if tag != "fused":
-                    raise
-                print(f"FAIL fused candidate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                failed += 1
-                del versions[tag]
-                continue
+            dx, dw = bwd(x, w, dy)
             for what, got, ref in (("y", y, y_ref), ("dx", dx, xr.grad), ("dweight", dw, wr.grad)):
                 err = rel(got.float(), ref.float())
                 failed += err > TOL
                 print(f"{'ok  ' if err <= TOL else 'FAIL'} {tag} B={B} T={T} D={D} {what:8s} rel_err={err:.2e} "
                       f"tol={TOL:.0e}")
-            fwd_ms = times["new"][0] if tag == "fused" else gpu_ms(lambda: fwd(x, w))  # fused: new's forward
-            times[tag] = (fwd_ms, gpu_ms(lambda: bwd(x, w, dy)))
+            times[tag] = (gpu_ms(lambda: fwd(x, w)), gpu_ms(lambda: bwd(x, w, dy)))
         (fo, bo), (fn, bn) = times["old"], times["new"]
         gb = 3 * x.numel() * x.element_size() / 1e9  # backward's least traffic: x, dy read, dx written
-        fused = f" bwd_fused:{times['fused'][1]:.3f} ms ratio_to_new:{times['fused'][1] / bn:.2f}" \
-            if "fused" in times else ""
         print(f"conv_time B={B} T={T} D={D} fwd old:{fo:.3f} new:{fn:.3f} ms ratio:{fn / fo:.2f} "
-              f"bwd old:{bo:.3f} new:{bn:.3f} ms ratio:{bn / bo:.2f}{fused} bwd_floor_gb:{gb:.3f}")
+              f"bwd old:{bo:.3f} new:{bn:.3f} ms ratio:{bn / bo:.2f} bwd_floor_gb:{gb:.3f}")
     print(f"conv_check: {'all ok' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
 

@@ -36,6 +36,21 @@ SCRIPTS = {"baseline": "train_gpt.py", "hybrid": "train_gpt_gdn.py"}
 BATCH_OVERRIDE = 0  # --batch-tokens (for small smoke runs); 0 = the study's presets
 
 
+def fla_missing_for_hybrid(models: list[str]) -> str | None:
+    """Why not to time the hybrid here, or None: on a CUDA host without an importable fla-core the script would
+    run our PyTorch GDN form (tens of times slower than FLA's kernels), a number no step-time comparison wants.
+    GDN_IMPL=torch in the environment asks for that form on purpose."""
+    if "hybrid" not in models or os.environ.get("GDN_IMPL", "auto").strip().lower() == "torch":
+        return None
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available() or importlib.util.find_spec("fla") is not None:
+        return None
+    return ("the hybrid on this CUDA host would run our PyTorch GDN form: fla-core is not importable (on the GPU "
+            "host: source .gpuwheels/install.sh in the same shell first); set GDN_IMPL=torch to time that form")
+
+
 def batch_tokens_for(seq_len: int) -> int:
     if BATCH_OVERRIDE:
         return BATCH_OVERRIDE
@@ -192,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"--models: unknown {bad}, expected baseline and/or hybrid")
     seq_lens = positive_ints(p, "--seq-lens", a.seq_lens)
+    why = fla_missing_for_hybrid(models)
+    if why:
+        p.error(f"--models {a.models}: {why}")
     if a.steps < 4:
         p.error("--steps: expected at least 4")
     global BATCH_OVERRIDE

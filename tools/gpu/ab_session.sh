@@ -20,6 +20,11 @@ for item in "$@"; do  # every item checked before any long work
   [ -n "$label" ] || { echo "ITEM $item: no LABEL" >&2; exit 2; }
   [ -f "${dir:-.}/train_gpt.py" ] || { echo "ITEM $item: SCRIPT_DIR '${dir}' has no train_gpt.py" >&2; exit 2; }
 done
+if printf '%s\n' "$@" | grep -q '^hybrid:'; then  # a hybrid item timed without FLA's kernels wastes the session
+  why=$(python3 -c 'import sys; sys.path.insert(0, "."); from tools.bench_step_time import fla_missing_for_hybrid as f
+print(f(["hybrid"]) or "")') || exit 2
+  [ -z "$why" ] || { echo "hybrid items: $why" >&2; exit 2; }
+fi
 REPEAT=${REPEAT:-1}
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "REPEAT=$REPEAT: expected a positive whole number of rounds" >&2; exit 2; }
 TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}

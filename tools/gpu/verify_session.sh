@@ -24,7 +24,7 @@ for st in $STAGES; do
   case "$st" in
     gdn) python3 tools/check_gdn_fla.py --seq-lens 100,2048 > "$OUT/gdn_check.txt" 2>&1
          echo "gdn: exit $? ($(tail -1 "$OUT/gdn_check.txt"))" ;;
-    conv) python3 tools/bench_conv_kernels.py --old "$OLD" --x-row-width 2032 --fused > "$OUT/conv_kernels.txt" 2>&1
+    conv) python3 tools/bench_conv_kernels.py --old "$OLD" --x-row-width 2032 > "$OUT/conv_kernels.txt" 2>&1
           echo "conv: exit $?"; grep -E "^(conv_time|conv_check)" "$OUT/conv_kernels.txt" ;;
     ab) # shellcheck disable=SC2086
         STEPS=${STEPS:-10} bash tools/gpu/ab_session.sh "$OUT/ab" $ITEMS ;;
