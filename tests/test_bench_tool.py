@@ -161,7 +161,8 @@ def test_hybrid_refused_on_a_cuda_host_without_fla(monkeypatch, capsys):
     import torch
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fla" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fla" else real_find_spec(name, *a))
     monkeypatch.delenv("GDN_IMPL", raising=False)
     assert bench.fla_missing_for_hybrid(["baseline"]) is None
     why = bench.fla_missing_for_hybrid(["baseline", "hybrid"])
