@@ -927,6 +927,9 @@ def register_fla_gdn_state_op() -> str | None:
         if why:
             return why
         v_new_from_h = build_v_new_kernel()
+        # newer fla-core can skip v_new, which the segments' first forward pass does not need
+        no_v_new = {"save_new_value": False} if "save_new_value" in \
+            inspect.signature(chunk_gated_delta_rule_fwd_h).parameters else {}
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     C = 64  # FLA's chunk size, which h is saved at
@@ -947,14 +950,14 @@ def register_fla_gdn_state_op() -> str | None:
         init = torch.cat([k.new_zeros(B * S, H, K, V, dtype=torch.float32),
                           torch.eye(K, device=k.device).expand(B * S, H, K, K)], -1)
         _, _, ends = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=u_aug, g=gs, initial_state=init,
-                                                  output_final_state=True, chunk_size=C)
+                                                  output_final_state=True, chunk_size=C, **no_v_new)
         ends = ends.view(B, S, H, K, V + K)
-        b, M = ends[..., :V], ends[..., V:]
+        b, M = ends[..., :V].double(), ends[..., V:]  # the scan in fp64: tiny, and no TF32 rounding
         starts = [b.new_zeros(B, H, K, V)]
         for s in range(S - 1):
-            starts.append(M[:, s] @ starts[-1] + b[:, s])
-        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=seg(u, S), g=gs,
-                                                   initial_state=torch.stack(starts, 1).view(B * S, H, K, V),
+            starts.append(M[:, s].double() @ starts[-1] + b[:, s])
+        starts = torch.stack(starts, 1).to(ends.dtype).view(B * S, H, K, V)
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=seg(u, S), g=gs, initial_state=starts,
                                                    output_final_state=False, chunk_size=C)
         return h.view(B, -1, H, K, V), v_new.view(B, T, H, V), M.contiguous()
 
@@ -969,16 +972,17 @@ def register_fla_gdn_state_op() -> str | None:
         args = dict(zip(("q", "k", "w", "g", "do", "dv"), ts), scale=scale, chunk_size=C)
         _, d_start, _ = chunk_gated_delta_rule_bwd_dhu(h0=k.new_empty(B * S, H, K, V, dtype=torch.float32),
                                                         dht=None, **args)  # h0 given: asks for d_start
-        d_start = d_start.view(B, S, H, K, V)
+        dtype, d_start = d_start.dtype, d_start.view(B, S, H, K, V).double()  # the scan in fp64, as forward
+        Mt = M.double().transpose(-1, -2)
         d_end = [torch.zeros_like(d_start[:, 0])]  # the last segment ends the sequence
         for s in range(S - 1, 0, -1):
-            d_end.append(M[:, s].transpose(-1, -2) @ d_end[-1] + d_start[:, s])
-        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(h0=None, dht=torch.stack(d_end[::-1], 1).view(B * S, H, K, V),
-                                                   **args)
+            d_end.append(Mt[:, s] @ d_end[-1] + d_start[:, s])
+        dht = torch.stack(d_end[::-1], 1).to(dtype).view(B * S, H, K, V)
+        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(h0=None, dht=dht, **args)
         return dh.view(B, -1, H, K, V), dv.view(B, T, H, V)
 
     def n_segments(T: int, seg_len: int) -> int:  # GDN_SEGMENT_LEN: 0 (off) or a multiple of the chunk
-        return T // seg_len if 0 < seg_len < T and T % seg_len == 0 else 1
+        return T // seg_len if 0 < seg_len < T and T % seg_len == 0 and seg_len % C == 0 else 1
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_fwd_state", mutates_args=())
     def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
@@ -1295,9 +1299,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
     global GDN_OP
-    if args.gdn_segment_len % 64:
-        raise ConfigError(f"GDN_SEGMENT_LEN={args.gdn_segment_len}: expected 0 (off) or a multiple of 64 "
-                          "(FLA's chunk)")
+    L, T = args.gdn_segment_len, args.train_seq_len
+    if L and (L % 64 or L >= T or T % L):  # else the op would quietly run one segment, the log saying otherwise
+        raise ConfigError(f"GDN_SEGMENT_LEN={L}: expected 0 (off) or a multiple of 64 (FLA's chunk) below "
+                          f"TRAIN_SEQ_LEN={T} that divides it")
     state_op = False  # the state-saving op chosen (GDN_SAVE_STATE)
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -157,12 +158,9 @@ def test_gdn_path_names_each_fla_path():
 def test_hybrid_refused_on_a_cuda_host_without_fla(monkeypatch, capsys):
     """On a CUDA host where fla-core does not import, timing the hybrid would time our PyTorch GDN form: the bench
     refuses it before any run, names the fix, and lets GDN_IMPL=torch ask for that form on purpose."""
-    import importlib.util
     import torch
-    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "fla" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "fla", None)  # import fla -> ImportError
     monkeypatch.delenv("GDN_IMPL", raising=False)
     assert bench.fla_missing_for_hybrid(["baseline"]) is None
     why = bench.fla_missing_for_hybrid(["baseline", "hybrid"])
@@ -172,7 +170,8 @@ def test_hybrid_refused_on_a_cuda_host_without_fla(monkeypatch, capsys):
     assert e.value.code == 2 and "fla-core is not importable" in capsys.readouterr().err
     monkeypatch.setenv("GDN_IMPL", "torch")
     assert bench.fla_missing_for_hybrid(["hybrid"]) is None
-    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    monkeypatch.setitem(sys.modules, "fla", types.ModuleType("fla"))  # importable
     monkeypatch.delenv("GDN_IMPL")
+    assert bench.fla_missing_for_hybrid(["hybrid"]) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.fla_missing_for_hybrid(["hybrid"]) is None  # CPU: the PyTorch form is the only one

@@ -392,14 +392,18 @@ def test_gdn_segment_len_binds_the_state_op(clean_env):
     """GDN_SEGMENT_LEN=L: the state op runs with seg_len L (the GDN line says so); refused when not a multiple of
     FLA's 64-row chunk, or without the state op (GDN_SAVE_STATE=0, or our PyTorch form on CPU)."""
     _, state = fake_fla_host(clean_env, None)
-    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SEGMENT_LEN="8192"), torch.device("cuda"))
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SEGMENT_LEN="8192", TRAIN_SEQ_LEN="32768"),
+                               torch.device("cuda"))
     assert "state recurrences in segments of 8192 tokens" in lines[2]
     q, k, v, g, b = (torch.zeros(1) for _ in range(5))
     assert gdn.gated_delta_rule_fla(q, k, v, g, b, 0.5) == "o"
     assert state.calls[-1][5:] == (0.5, 8192)
     for env, device, words in ((dict(GDN_SEGMENT_LEN="100"), "cuda", "multiple of 64"),
+                               (dict(GDN_SEGMENT_LEN="1024"), "cuda", "below TRAIN_SEQ_LEN=1024"),
+                               (dict(GDN_SEGMENT_LEN="384"), "cuda", "divides it"),
                                (dict(GDN_SEGMENT_LEN="128", GDN_SAVE_STATE="0"), "cuda", "GDN_SAVE_STATE=0"),
                                (dict(GDN_SEGMENT_LEN="128"), "cpu", "GDN path: torch")):
+        env = dict(dict(TRAIN_SEQ_LEN="1024", GDN_SAVE_STATE="auto"), **env)  # (the environment persists)
         with pytest.raises(gdn.ConfigError, match=f"GDN_SEGMENT_LEN.*{words}"):
             gdn.prepare_mixers(small_args(clean_env, **env), torch.device(device))
 

@@ -42,13 +42,16 @@ def fla_missing_for_hybrid(models: list[str]) -> str | None:
     GDN_IMPL=torch in the environment asks for that form on purpose."""
     if "hybrid" not in models or os.environ.get("GDN_IMPL", "auto").strip().lower() == "torch":
         return None
-    import importlib.util
-
     import torch
-    if not torch.cuda.is_available() or importlib.util.find_spec("fla") is not None:
+    if not torch.cuda.is_available():
         return None
-    return ("the hybrid on this CUDA host would run our PyTorch GDN form: fla-core is not importable (on the GPU "
-            "host: source .gpuwheels/install.sh in the same shell first); set GDN_IMPL=torch to time that form")
+    try:
+        import fla  # noqa: F401
+    except Exception as e:  # missing, or a broken install
+        return (f"the hybrid on this CUDA host would run our PyTorch GDN form: fla-core is not importable "
+                f"({type(e).__name__}: {e}; on the GPU host: source .gpuwheels/install.sh in the same shell "
+                "first); set GDN_IMPL=torch to time that form")
+    return None
 
 
 def batch_tokens_for(seq_len: int) -> int:

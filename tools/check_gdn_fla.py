@@ -141,7 +141,8 @@ def check_conv(B, T, C, seed):
 
 def check_layer(B, T, seed):
     """The whole GDN layer (projections, convs, gates, norm) under bf16 autocast: impl=fla vs impl=torch, and
-    impl=fla compiled vs the fp32 layer."""
+    impl=fla compiled vs the fp32 layer; the same layer with the state-saving op (the training default) compiled vs
+    the fp32 layer, and eager vs FLA's op."""
     import os
     os.environ.setdefault("GDN_LAYERS", "0")
     args = gdn.Hyperparameters()
@@ -153,14 +154,22 @@ def check_layer(B, T, seed):
     x = torch.randn(B, T, args.model_dim, device="cuda")
     do = torch.randn(B, T, args.model_dim, device="cuda")
     outs = {}
-    for name, layer in (("fp32", layer_t), ("torch", layer_t), ("fla", layer_f),
-                        ("fla compiled", torch.compile(layer_f))):
+    runs = [("fp32", layer_t, gdn.GDN_OP), ("torch", layer_t, gdn.GDN_OP), ("fla", layer_f, gdn.GDN_OP),
+            ("fla compiled", torch.compile(layer_f), gdn.GDN_OP)]
+    if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto)
+        runs += [("fla state", layer_f, gdn.GDN_STATE_OP), ("fla state compiled", torch.compile(layer_f),
+                                                            gdn.GDN_STATE_OP)]
+    for name, layer, op in runs:
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
-            y = layer(xi)
-        y.float().backward(do)
+        kept, gdn.GDN_OP = gdn.GDN_OP, op
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
+                y = layer(xi)
+            y.float().backward(do)
+        finally:
+            gdn.GDN_OP = kept
         base = getattr(layer, "_orig_mod", layer)  # a compiled module prefixes its parameter names
         outs[name] = (y.float(), xi.grad, {n: p.grad for n, p in base.named_parameters()})
     rows = [("layer fla vs torch", "out", rel(outs["fla"][0], outs["torch"][0]), TOL_BF16),
@@ -171,10 +180,15 @@ def check_layer(B, T, seed):
     # from it than 1.5x the eager FLA layer's own distance (+2e-3), as in tools/check_compile.py.
     def flat(o):
         return [("out", o[0]), ("dx", o[1])] + [(f"d{n}", o[2][n]) for n in sorted(o[2])]
-    for (what, ref), (_, eager), (_, comp) in zip(flat(outs["fp32"]), flat(outs["fla"]), flat(outs["fla compiled"])):
-        e_eager = rel(eager.float(), ref)
-        rows.append((f"layer fla compiled vs fp32 (eager {e_eager:.1e})", what, rel(comp.float(), ref),
-                     1.5 * e_eager + 2e-3))
+    for kind in ("fla", "fla state") if "fla state" in outs else ("fla",):
+        for (what, ref), (_, eager), (_, comp) in zip(flat(outs["fp32"]), flat(outs[kind]),
+                                                     flat(outs[f"{kind} compiled"])):
+            e_eager = rel(eager.float(), ref)
+            rows.append((f"layer {kind} compiled vs fp32 (eager {e_eager:.1e})", what, rel(comp.float(), ref),
+                         1.5 * e_eager + 2e-3))
+    if "fla state" in outs:  # the state op's eager layer: FLA's op's numbers (bf16 rounding apart at most)
+        rows += [("layer fla state vs fla", w, rel(a.float(), b.float()), TOL_SAME)
+                 for (w, a), (_, b) in zip(flat(outs["fla state"]), flat(outs["fla"]))]
     return rows
 
 
