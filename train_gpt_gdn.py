@@ -1065,9 +1065,8 @@ def build_conv_kernels():
     (fwd, bwd) launchers; x and dy may be strided views (last dim contiguous), as the q, k and v slices of the fused
     projection are. The backward recomputes the conv instead of saving it: one kernel writes dz = dy silu'(z) in
     x's dtype (as a bf16 conv backward takes it) and the weight gradient as fp32 partial sums, one per program
-    (TSEG rows of a sequence), summed in a fixed order (deterministic); a second sums K shifted rows of dz into dx.
-    (v4 recomputed z at all K rows each dx row needs, in one kernel: 16 tile loads per tile, 4-10x slower than
-    memory; v8's dz kernel loaded x twice and reduced the weight gradient over rows in every 64-row tile.)"""
+    (TSEG rows of a sequence), summed in a fixed order (deterministic); a second sums K shifted rows of dz into dx
+    (the designs tried before, and their times: PERF_NOTES v4, v8, v11)."""
     import triton
     import triton.language as tl
 
