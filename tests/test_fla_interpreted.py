@@ -1,0 +1,82 @@
+"""The hybrid's two FLA custom ops with fla-core 0.6.0's real Triton kernels, on the CPU under Triton's interpreter
+(fla-core and triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess): FLA's own op (register_fla_gdn_op),
+the state-saving op (GDN_SAVE_STATE, the training default) and its segmented state recurrences (GDN_SEGMENT_LEN),
+outputs and the gradients of q, k, v, g, beta in fp32, against our chunked PyTorch form. The stand-in tests in
+test_gdn.py check the ops' wiring; this one checks that the wiring matches what FLA's kernels compute. Two
+interpreter-only adjustments, not in any code that trains: autotuning takes each kernel's first config (the
+interpreter has no benchmarker), and a `for` loop's index becomes a Triton scalar, as compiled Triton makes it, and a
+one-element tensor converts to an int (FLA's kernels rely on both). On a GPU: tools/check_gdn_fla.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from test_triton_conv import TRITON_DIR, run_with_triton
+
+CHECK = textwrap.dedent("""
+    import ast, importlib.util, sys, torch
+    import triton.runtime.autotuner as autotuner
+    import triton.runtime.interpreter as interp
+
+    run = autotuner.Autotuner.run
+    def first_config(self, *a, **kw):
+        self.configs = self.configs[:1]
+        return run(self, *a, **kw)
+    autotuner.Autotuner.run = first_config
+
+    def visit_For(self, node):  # `for i in ...:` -> the body starts with `i = i`, which the interpreter tensorises
+        self.generic_visit(node)
+        if isinstance(node.target, ast.Name):
+            node.body.insert(0, self.visit_Assign(ast.Assign(targets=[ast.Name(node.target.id, ast.Store())],
+                                                             value=ast.Name(node.target.id, ast.Load()))))
+        return node
+    interp.ASTTransformer.visit_For = visit_For
+    patch_tensor = interp._patch_lang_tensor
+    def patch_tensor_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])  # restored with the scope
+    interp._patch_lang_tensor = patch_tensor_index
+
+    import fla
+    assert fla.__version__ == "0.6.0", fla.__version__
+    spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+    gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+    assert gdn.register_fla_gdn_op() is None and gdn.register_fla_gdn_state_op() is None
+    torch.manual_seed(0)
+    B, T, H, K, V = 1, 256, 2, 16, 32
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1) for _ in range(2))
+    v, g, beta = torch.randn(B, T, H, V), -torch.rand(B, T, H) * 0.1, torch.rand(B, T, H) * 2
+    do = torch.randn(B, T, H, V)
+    scale = K ** -0.5
+
+    def run_op(op):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+        o = op(*leaves)
+        o.backward(do)
+        return [o.detach()] + [t.grad for t in leaves]
+
+    ref = run_op(lambda *a: gdn.gated_delta_rule_chunked(*a, scale))
+    got = {"fla op": run_op(lambda *a: gdn.GDN_OP(*a, scale)[0])}
+    for seg_len in (0, 64, 128):  # one pass; 4 and 2 segments
+        got[f"state op seg_len={seg_len}"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale, seg_len)[0])
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    for name, outs in got.items():
+        errs = [rel(a, b) for a, b in zip(outs, ref)]
+        print(name, " ".join(f"{n}:{e:.1e}" for n, e in zip(("o", "dq", "dk", "dv", "dg", "dbeta"), errs)))
+        assert max(errs) < 1e-5, (name, errs)
+    seg = [rel(a, b) for a, b in zip(got["state op seg_len=64"], got["state op seg_len=0"])]
+    assert max(seg) > 0, "4 segments rounded exactly as one pass: the segments did not run"
+    print("ok")
+""")
+
+
+def test_fla_ops_with_fla_kernels_match_our_form():
+    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
+        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
+                    "TRITON_INTERP_DIR)")
+    r = run_with_triton(CHECK)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
