@@ -1,7 +1,8 @@
 """The hybrid's two FLA custom ops with fla-core 0.6.0's real Triton kernels, on the CPU under Triton's interpreter
 (fla-core and triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess): FLA's own op (register_fla_gdn_op),
 the state-saving op (GDN_SAVE_STATE, the training default) and its segmented state recurrences (GDN_SEGMENT_LEN),
-outputs and the gradients of q, k, v, g, beta in fp32, against our chunked PyTorch form. The stand-in tests in
+outputs and the gradients of q, k, v, g, beta in fp32, against our chunked PyTorch form; then the whole GDN layer
+with impl=fla (our conv op too) against impl=torch, for each of those ops. The stand-in tests in
 test_gdn.py check the ops' wiring; this one checks that the wiring matches what FLA's kernels compute. Two
 interpreter-only adjustments, not in any code that trains: autotuning takes each kernel's first config (the
 interpreter has no benchmarker), and a `for` loop's index becomes a Triton scalar, as compiled Triton makes it, and a
@@ -70,6 +71,32 @@ CHECK = textwrap.dedent("""
         assert max(errs) < 1e-5, (name, errs)
     seg = [rel(a, b) for a, b in zip(got["state op seg_len=64"], got["state op seg_len=0"])]
     assert max(seg) > 0, "4 segments rounded exactly as one pass: the segments did not run"
+
+    # The whole GDN layer (projections, our conv op, gates, norm) with impl=fla against impl=torch, same weights
+    import os
+    os.environ.update(MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", GDN_LAYERS="0")
+    assert gdn.register_conv_op() is None
+    args = gdn.Hyperparameters()
+    layer_t, layer_f = gdn.GatedDeltaNet(args, impl="torch"), gdn.GatedDeltaNet(args, impl="fla")
+    torch.nn.init.normal_(layer_t.o_proj.weight, std=0.1)  # zero-init would hide everything upstream
+    layer_f.load_state_dict(layer_t.state_dict())
+    x, dy = torch.randn(2, 192, 64), torch.randn(2, 192, 64)
+
+    def run_layer(layer):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        y.backward(dy)
+        return [y.detach(), xi.grad] + [p.grad for p in layer.parameters()]
+
+    ref = run_layer(layer_t)
+    plain, state = gdn.GDN_OP, gdn.GDN_STATE_OP
+    for name, op in (("fla op", plain), ("state op", state),
+                     ("state op, 3 segments", lambda *a: state(*a, 64))):
+        gdn.GDN_OP = op
+        errs = [rel(a, b) for a, b in zip(run_layer(layer_f), ref)]
+        print("layer", name, f"max rel err {max(errs):.1e} over out, dx and {len(errs) - 2} weight gradients")
+        assert max(errs) < 1e-4, (name, errs)  # fp32, two algorithms; the decay parameters' grads sum most
     print("ok")
 """)
 
