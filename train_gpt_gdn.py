@@ -953,9 +953,9 @@ def register_fla_gdn_state_op() -> str | None:
                                                   output_final_state=True, chunk_size=C, **no_v_new)
         ends = ends.view(B, S, H, K, V + K)
         b, M = ends[..., :V].double(), ends[..., V:]  # the scan in fp64: tiny, and no TF32 rounding
-        starts = [b.new_zeros(B, H, K, V)]
+        starts, Md = [b.new_zeros(B, H, K, V)], M.double()
         for s in range(S - 1):
-            starts.append(M[:, s].double() @ starts[-1] + b[:, s])
+            starts.append(Md[:, s] @ starts[-1] + b[:, s])
         starts = torch.stack(starts, 1).to(ends.dtype).view(B * S, H, K, V)
         h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=seg(u, S), g=gs, initial_state=starts,
                                                    output_final_state=False, chunk_size=C)

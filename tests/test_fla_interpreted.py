@@ -44,6 +44,8 @@ CHECK = textwrap.dedent("""
 
     import fla
     assert fla.__version__ == "0.6.0", fla.__version__
+    sys.path.insert(0, sys.argv[-1])
+    from tools.checks import rel
     spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
     gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
     assert gdn.register_fla_gdn_op() is None and gdn.register_fla_gdn_state_op() is None
@@ -64,7 +66,6 @@ CHECK = textwrap.dedent("""
     got = {"fla op": run_op(lambda *a: gdn.GDN_OP(*a, scale)[0])}
     for seg_len in (0, 64, 128):  # one pass; 4 and 2 segments
         got[f"state op seg_len={seg_len}"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale, seg_len)[0])
-    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
     for name, outs in got.items():
         errs = [rel(a, b) for a, b in zip(outs, ref)]
         print(name, " ".join(f"{n}:{e:.1e}" for n, e in zip(("o", "dq", "dk", "dv", "dg", "dbeta"), errs)))

@@ -472,14 +472,13 @@ for name, attrs in fake.items():
     sys.modules[name] = mod = types.ModuleType(name)
     mod.__dict__.update(attrs)
 
-spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
-gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-
 def v_new_ref(u, w, h):  # u - w h per 64-row chunk, as build_v_new_kernel's kernel
     B, T, H, K = w.shape
     wp = torch.nn.functional.pad(w, (0, 0, 0, 0, 0, h.size(1) * 64 - T)).view(B, -1, 64, H, K)
     return u - torch.einsum("bnchk,bnhkv->bnchv", wp, h).reshape(B, -1, H, u.size(-1))[:, :T]
 
+spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
 gdn.build_v_new_kernel = lambda: v_new_ref
 assert gdn.register_fla_gdn_state_op() is None and gdn.GDN_STATE_OP is not None and gdn.GDN_OP is None
 B, T, H, K, V = 2, 100, 3, 8, 16
@@ -562,12 +561,6 @@ sys.modules["fla.ops.utils"].chunk_local_cumsum = fn_with(  # a real chunk-local
         [(x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)) * (scale or 1) for x in g.split(64, 1)], 1)))
 spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
 gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-
-def v_new_ref(u, w, h):
-    B, T, H, K = w.shape
-    wp = torch.nn.functional.pad(w, (0, 0, 0, 0, 0, h.size(1) * 64 - T)).view(B, -1, 64, H, K)
-    return u - torch.einsum("bnchk,bnhkv->bnchv", wp, h).reshape(B, -1, H, u.size(-1))[:, :T]
-
 gdn.build_v_new_kernel = lambda: v_new_ref
 assert gdn.register_fla_gdn_state_op() is None
 torch.manual_seed(0)

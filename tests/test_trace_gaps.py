@@ -21,6 +21,7 @@ def ev(cat, name, ts, dur, tid=1, **args):
 
 def trace():
     return [
+        ev("user_annotation", "ProfilerStep#4", -500, 500),     # the profiler's warm-up step: no GPU work, not counted
         ev("user_annotation", "ProfilerStep#5", 0, 1000),
         ev("user_annotation", "## Call CompiledFxGraph abc ##", 10, 100),
         ev("cuda_runtime", "cudaGraphLaunch", 20, 5, correlation=1),
@@ -70,6 +71,12 @@ def test_cli_summary_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "trace_idle steps:1 " in r.stdout and "launch_bound_ms_per_step:0.2" in r.stdout
     assert "Optimizer.step#Muon.step" in r.stdout
+    r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(path), "--min-gap-us", "1",
+                        "--steps", "2"], capture_output=True, text=True)  # as profile_script passes its steps
+    assert r.returncode == 0 and "trace_idle steps:2 " in r.stdout and "launch_bound_ms_per_step:0.1" in r.stdout
+    r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(path), "--steps", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--steps" in r.stderr
     cpu_only = tmp_path / "cpu.json"
     cpu_only.write_text(json.dumps({"traceEvents": [ev("cpu_op", "aten::mm", 0, 5)]}))
     r = subprocess.run([sys.executable, str(REPO / "tools/trace_gaps.py"), str(cpu_only)],

@@ -13,6 +13,7 @@ Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tole
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -28,6 +29,16 @@ gdn = importlib.import_module("train_gpt_gdn")
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
 TOL_FP32 = 1e-4  # our chunked fp32 form against the fp64 recurrence
 TOL_SAME = 5e-3  # the state-saving op against our op over FLA's own backward (same kernels but v_new's)
+
+
+@contextlib.contextmanager
+def gdn_op(op):
+    """The script's GDN op (what gated_delta_rule_fla calls; None: FLA's public op) set to op for a block."""
+    kept, gdn.GDN_OP = gdn.GDN_OP, op
+    try:
+        yield
+    finally:
+        gdn.GDN_OP = kept
 
 
 def recurrence(q, k, v, g, beta, scale):
@@ -85,11 +96,8 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-seg", seg), ("public", None)):
         if path.startswith("state") and use is None:
             continue
-        op, gdn.GDN_OP = gdn.GDN_OP, use
-        try:
+        with gdn_op(use):
             o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
-        finally:
-            gdn.GDN_OP = op
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
     if "state-op" in by_path:  # the same kernels but for v_new from the saved states: bf16 rounding apart at most
@@ -163,13 +171,9 @@ def check_layer(B, T, seed):
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        kept, gdn.GDN_OP = gdn.GDN_OP, op
-        try:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
-                y = layer(xi)
-            y.float().backward(do)
-        finally:
-            gdn.GDN_OP = kept
+        with gdn_op(op), torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
+            y = layer(xi)
+        y.float().backward(do)  # autograd runs the op recorded in the forward
         base = getattr(layer, "_orig_mod", layer)  # a compiled module prefixes its parameter names
         outs[name] = (y.float(), xi.grad, {n: p.grad for n, p in base.named_parameters()})
     rows = [("layer fla vs torch", "out", rel(outs["fla"][0], outs["torch"][0]), TOL_BF16),
@@ -216,12 +220,9 @@ def time_op(B, T, H, dk, dv):
 
         def step():
             if name != "torch":
-                gdn.GDN_OP, kept = op, gdn.GDN_OP
-                try:
+                with gdn_op(op):
                     o = gdn.gated_delta_rule_fla(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
-                finally:
-                    gdn.GDN_OP = kept
             else:
                 o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"profile_kind kind:{kind.replace(' ', '_')} gpu_ms_per_step:{ms:.1f}")
     if a.trace and torch.cuda.is_available():
-        trace_gaps([a.trace])
+        trace_gaps([a.trace, "--steps", str(a.active)])
     return 0
 
 

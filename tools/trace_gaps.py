@@ -4,7 +4,10 @@ that ended it: its launch call on the CPU (matched by the trace's correlation id
 that launch. A gap ended by a launch issued after the gap began was waiting on the CPU ("launch-bound"); one ended
 by work queued before it began was waiting on something else (a dependency inside a graph replay, an event).
 
-    python3 tools/trace_gaps.py TRACE.json[.gz] [--min-gap-us 20] [--top 15]
+    python3 tools/trace_gaps.py TRACE.json[.gz] [--min-gap-us 20] [--top 15] [--steps N]
+
+Per-step figures divide by --steps (tools/profile_script.py passes its recorded steps), else by the trace's
+ProfilerStep markers that overlap the GPU's busy window (the profiler's warm-up step has a marker but no GPU work).
 
 Prints one `trace_idle` summary line (busy and idle ms per recorded step), the idle time grouped by the enclosing
 CPU op of the launch that ended each gap, and the largest gaps.
@@ -53,7 +56,7 @@ class OpTree:
         for e in sorted(ops, key=lambda e: (float(e["ts"]), -float(e.get("dur", 0)))):
             starts, ends, names, parents, stack = self.by_tid.setdefault(e.get("tid"), ([], [], [], [], []))
             s, end = float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))
-            while stack and ends[stack[-1]] < s:
+            while stack and ends[stack[-1]] <= s:  # ended before (or as) this one began: not a parent
                 stack.pop()
             starts.append(s)
             ends.append(end)
@@ -93,8 +96,9 @@ def analyse(events: list[dict], min_gap_us: float) -> dict:
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     tree = OpTree([e for e in events if e.get("cat") in CPU_CATS])
-    steps = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
     busy = busy_intervals(gpu)
+    steps = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")
+             and float(e["ts"]) < busy[-1][1] and float(e["ts"]) + float(e.get("dur", 0)) > busy[0][0]]
     by_start = sorted(gpu, key=lambda e: float(e["ts"]))
     gpu_starts = [float(e["ts"]) for e in by_start]
     gaps = []
@@ -116,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trace")
     p.add_argument("--min-gap-us", type=float, default=20.0, help="shorter idle gaps are counted, not listed")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--steps", type=int, default=0, help="recorded training steps (0: count the trace's markers)")
     a = p.parse_args(argv)
     if not Path(a.trace).is_file():
         p.error(f"trace {a.trace}: no such file")
     if a.min_gap_us < 0 or a.top < 0:
         p.error("--min-gap-us and --top must be >= 0")
+    if a.steps < 0:
+        p.error(f"--steps {a.steps}: expected >= 0 (0: count the trace's step markers)")
     try:
         r = analyse(load_events(a.trace), a.min_gap_us)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         p.error(f"trace {a.trace}: {e}")
-    n = r["steps"]
+    n = a.steps or r["steps"]
     idle_us = r["window_us"] - r["busy_us"]
     listed = sum(g["dur"] for g in r["gaps"])
     cpu_wait = sum(g["dur"] for g in r["gaps"] if g["launch_bound"])
