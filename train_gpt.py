@@ -120,7 +120,6 @@ class Hyperparameters:
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
-        self.gdn_segment_len = env_int("GDN_SEGMENT_LEN", 0, 0)  # state op: recurrences of segments side by side
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)

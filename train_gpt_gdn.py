@@ -125,7 +125,6 @@ class Hyperparameters:
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
-        self.gdn_segment_len = env_int("GDN_SEGMENT_LEN", 0, 0)  # state op: recurrences of segments side by side
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -927,100 +926,36 @@ def register_fla_gdn_state_op() -> str | None:
         if why:
             return why
         v_new_from_h = build_v_new_kernel()
-        # newer fla-core can skip v_new, which the segments' first forward pass does not need
-        no_v_new = {"save_new_value": False} if "save_new_value" in \
-            inspect.signature(chunk_gated_delta_rule_fwd_h).parameters else {}
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     C = 64  # FLA's chunk size, which h is saved at
 
-    def seg(t: Tensor, S: int) -> Tensor:  # (B, T, ...) -> (B*S, T/S, ...): each segment a sequence (a view)
-        return t.view(t.size(0) * S, t.size(1) // S, *t.shape[2:])
-
-    def fwd_h_segmented(k, w, u, g_cum, S):
-        """The chunk states with each sequence cut into S segments whose recurrences run side by side (FLA's runs
-        one program chain per sequence, head and value block: few and long at long T). The map from a segment's
-        start state to its end state is affine, h_end = M h_start + b: one pass from a zero state, with u widened
-        by K zero columns started from [0 | I], gives b and M; a scan over the S segments gives their true start
-        states; a second pass from those gives every chunk's state and v_new. M is kept for the backward."""
-        B, T, H, K = k.shape
-        V = u.size(-1)
-        ks, ws, gs = seg(k, S), seg(w, S), seg(g_cum, S)
-        u_aug = torch.cat([seg(u, S), u.new_zeros(B * S, T // S, H, K)], -1)
-        init = torch.cat([k.new_zeros(B * S, H, K, V, dtype=torch.float32),
-                          torch.eye(K, device=k.device).expand(B * S, H, K, K)], -1)
-        _, _, ends = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=u_aug, g=gs, initial_state=init,
-                                                  output_final_state=True, chunk_size=C, **no_v_new)
-        ends = ends.view(B, S, H, K, V + K)
-        b, M = ends[..., :V].double(), ends[..., V:]  # the scan in fp64: tiny, and no TF32 rounding
-        starts, Md = [b.new_zeros(B, H, K, V)], M.double()
-        for s in range(S - 1):
-            starts.append(Md[:, s] @ starts[-1] + b[:, s])
-        starts = torch.stack(starts, 1).to(ends.dtype).view(B * S, H, K, V)
-        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=ks, w=ws, u=seg(u, S), g=gs, initial_state=starts,
-                                                   output_final_state=False, chunk_size=C)
-        return h.view(B, -1, H, K, V), v_new.view(B, T, H, V), M.contiguous()
-
-    def bwd_dhu_segmented(q, k, w, g_cum, do, dv, scale, M, S):
-        """The backward's state recurrence, segment by segment as fwd_h_segmented: its map from a segment's
-        end-state gradient to its start-state gradient is M^T plus the segment's own part, which a first pass with
-        no end-state gradient gives; a reverse scan gives each segment's true end-state gradient, and a second pass
-        from those every chunk's dh and dv."""
-        B, T, H, K = k.shape
-        V = do.size(-1)
-        ts = [seg(t, S) for t in (q, k, w, g_cum, do, dv)]
-        args = dict(zip(("q", "k", "w", "g", "do", "dv"), ts), scale=scale, chunk_size=C)
-        _, d_start, _ = chunk_gated_delta_rule_bwd_dhu(h0=k.new_empty(B * S, H, K, V, dtype=torch.float32),
-                                                        dht=None, **args)  # h0 given: asks for d_start
-        dtype, d_start = d_start.dtype, d_start.view(B, S, H, K, V).double()  # the scan in fp64, as forward
-        Mt = M.double().transpose(-1, -2)
-        d_end = [torch.zeros_like(d_start[:, 0])]  # the last segment ends the sequence
-        for s in range(S - 1, 0, -1):
-            d_end.append(Mt[:, s] @ d_end[-1] + d_start[:, s])
-        dht = torch.stack(d_end[::-1], 1).to(dtype).view(B * S, H, K, V)
-        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(h0=None, dht=dht, **args)
-        return dh.view(B, -1, H, K, V), dv.view(B, T, H, V)
-
-    def n_segments(T: int, seg_len: int) -> int:  # GDN_SEGMENT_LEN: 0 (off) or a multiple of the chunk
-        return T // seg_len if 0 < seg_len < T and T % seg_len == 0 and seg_len % C == 0 else 1
-
     @torch.library.custom_op("gdn_repro::chunk_gdr_fwd_state", mutates_args=())
-    def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
-            seg_len: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
         w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
-        S = n_segments(k.size(1), seg_len)
-        if S > 1:
-            h, v_new, M = fwd_h_segmented(k, w, u, g_cum, S)
-        else:
-            h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
-                                                       output_final_state=False, chunk_size=C)
-            M = g_cum.new_empty(0)
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
+                                                   output_final_state=False, chunk_size=C)
         o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
-        return o.to(q.dtype), A, g_cum, h, M
+        return o.to(q.dtype), A, g_cum, h
 
     @fwd.register_fake
-    def _(q, k, v, g, beta, scale, seg_len=0):
+    def _(q, k, v, g, beta, scale):
         B, T, H, K = k.shape
-        S = n_segments(T, seg_len)
         return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, C),
-                g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)),
-                g.new_empty(B, S, H, K, K, dtype=torch.float32) if S > 1 else g.new_empty(0, dtype=torch.float32))
+                g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_bwd_state", mutates_args=())
-    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, M: Tensor,
-            do: Tensor, scale: float, seg_len: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor,
+            do: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
         w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
         v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence
         dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
-        S = n_segments(k.size(1), seg_len)
-        if S > 1:
-            dh, dv = bwd_dhu_segmented(q, k, w, g_cum, do, dv, scale, M, S)
-        else:
-            dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
-                                                       scale=scale, chunk_size=C)
+        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
+                                                   scale=scale, chunk_size=C)
         dq, dk, dw, dg = chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g_cum, h=h, dv=dv, do=do, dh=dh, scale=scale,
                                          chunk_size=C)
         dk2, dv, db, dg2 = prepare_wy_repr_bwd(k=k, v=v, beta=beta, g=g_cum, A=A, dw=dw, du=dv)
@@ -1030,20 +965,20 @@ def register_fla_gdn_state_op() -> str | None:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype)
 
     @bwd.register_fake
-    def _(q, k, v, g_cum, beta, A, h, M, do, scale, seg_len=0):
+    def _(q, k, v, g_cum, beta, A, h, do, scale):
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
                 torch.empty_like(beta))
 
     def setup_context(ctx, inputs, output):
-        q, k, v, g, beta, scale, *seg_len = inputs
-        _, A, g_cum, h, M = output
-        ctx.save_for_backward(q, k, v, g_cum, beta, A, h, M)
-        ctx.scale, ctx.seg_len = scale, (seg_len or [0])[0]
+        q, k, v, g, beta, scale = inputs
+        _, A, g_cum, h = output
+        ctx.save_for_backward(q, k, v, g_cum, beta, A, h)
+        ctx.scale = scale
 
-    def backward(ctx, do, dA, dg_cum, dh, dM):
-        q, k, v, g_cum, beta, A, h, M = ctx.saved_tensors
-        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, M, do, ctx.scale, ctx.seg_len)
-        return dq, dk, dv, dg, db, None, None
+    def backward(ctx, do, dA, dg_cum, dh):
+        q, k, v, g_cum, beta, A, h = ctx.saved_tensors
+        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, do, ctx.scale)
+        return dq, dk, dv, dg, db, None
 
     fwd.register_autograd(backward, setup_context=setup_context)
     GDN_STATE_OP = fwd
@@ -1298,11 +1233,6 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
     global GDN_OP
-    L, T = args.gdn_segment_len, args.train_seq_len
-    if L and (L % 64 or L >= T or T % L):  # else the op would quietly run one segment, the log saying otherwise
-        raise ConfigError(f"GDN_SEGMENT_LEN={L}: expected 0 (off) or a multiple of 64 (FLA's chunk) below "
-                          f"TRAIN_SEQ_LEN={T} that divides it")
-    state_op = False  # the state-saving op chosen (GDN_SAVE_STATE)
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1340,11 +1270,6 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                 if why is None:
                     GDN_OP = GDN_STATE_OP
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
-                    state_op = True
-                    if args.gdn_segment_len:
-                        def GDN_OP(q, k, v, g, beta, scale, op=GDN_STATE_OP, seg_len=args.gdn_segment_len):
-                            return op(q, k, v, g, beta, scale, seg_len)
-                        note += f"; state recurrences in segments of {args.gdn_segment_len} tokens"
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1361,10 +1286,6 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"
                           f"{', no GDN layers' if not gdn else ''}); use GDN_SAVE_STATE=0 or auto")
     args.gdn_impl = "fla" if want == "fla" else "torch"
-    if args.gdn_segment_len and not state_op:
-        raise ConfigError(f"GDN_SEGMENT_LEN={args.gdn_segment_len}: applies to the state-saving op (GDN_SAVE_STATE "
-                          f"auto or 1 on FLA's path), which this run does not use (GDN path: {args.gdn_impl}, "
-                          f"GDN_SAVE_STATE={args.gdn_save_state}); use GDN_SEGMENT_LEN=0")
     attn = [i for i in range(args.num_layers) if i not in gdn]
     return [f"gdn_layers:{gdn} attn_layers:{attn}",
             f"gdn_n_heads:{heads} gdn_expand_v:{args.gdn_expand_v} gdn_conv_size:{args.gdn_conv_size} "

@@ -90,12 +90,6 @@ CASES = {
     "gdn_save_state_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_STATE="1"), good,
                                    ["GDN_SAVE_STATE=1", "FLA", "GDN_IMPL=auto", "GDN_SAVE_STATE=0"]),
     "gdn_save_state_unknown": ("train_gpt_gdn", dict(GDN_SAVE_STATE="yes"), good, ["GDN_SAVE_STATE"]),
-    "gdn_segment_len_not_chunks": ("train_gpt_gdn", dict(GDN_SEGMENT_LEN="100"), good,
-                                   ["GDN_SEGMENT_LEN=100", "multiple of 64"]),
-    "gdn_segment_len_without_state_op": ("train_gpt_gdn", dict(GDN_SEGMENT_LEN="64"), good,
-                                         ["GDN_SEGMENT_LEN=64", "GDN path: torch", "GDN_SEGMENT_LEN=0"]),
-    "gdn_segment_len_not_below_seq": ("train_gpt_gdn", dict(GDN_SEGMENT_LEN="128"), good,
-                                      ["GDN_SEGMENT_LEN=128", "below TRAIN_SEQ_LEN=128"]),
     "gdn_layers_on_baseline": ("train_gpt", dict(GDN_LAYERS="0,1"), good, ["GDN_LAYERS", "train_gpt_gdn.py"]),
 }
 

@@ -388,26 +388,6 @@ def test_gdn_save_state_selection_on_fla_host(clean_env, setting):
     assert ("chunk states saved for the backward" in lines[2]) == (setting != "0")
 
 
-def test_gdn_segment_len_binds_the_state_op(clean_env):
-    """GDN_SEGMENT_LEN=L: the state op runs with seg_len L (the GDN line says so); refused when not a multiple of
-    FLA's 64-row chunk, or without the state op (GDN_SAVE_STATE=0, or our PyTorch form on CPU)."""
-    _, state = fake_fla_host(clean_env, None)
-    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SEGMENT_LEN="8192", TRAIN_SEQ_LEN="32768"),
-                               torch.device("cuda"))
-    assert "state recurrences in segments of 8192 tokens" in lines[2]
-    q, k, v, g, b = (torch.zeros(1) for _ in range(5))
-    assert gdn.gated_delta_rule_fla(q, k, v, g, b, 0.5) == "o"
-    assert state.calls[-1][5:] == (0.5, 8192)
-    for env, device, words in ((dict(GDN_SEGMENT_LEN="100"), "cuda", "multiple of 64"),
-                               (dict(GDN_SEGMENT_LEN="1024"), "cuda", "below TRAIN_SEQ_LEN=1024"),
-                               (dict(GDN_SEGMENT_LEN="384"), "cuda", "divides it"),
-                               (dict(GDN_SEGMENT_LEN="128", GDN_SAVE_STATE="0"), "cuda", "GDN_SAVE_STATE=0"),
-                               (dict(GDN_SEGMENT_LEN="128"), "cpu", "GDN path: torch")):
-        env = dict(dict(TRAIN_SEQ_LEN="1024", GDN_SAVE_STATE="auto"), **env)  # (the environment persists)
-        with pytest.raises(gdn.ConfigError, match=f"GDN_SEGMENT_LEN.*{words}"):
-            gdn.prepare_mixers(small_args(clean_env, **env), torch.device(device))
-
-
 def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
     plain, _ = fake_fla_host(clean_env, "FLA changed")
     lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
@@ -511,101 +491,5 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     feeding chunk_bwd_dqkwg the forward's states and v_new = u - w h from them; gradients come back in place
     (stand-ins for FLA's functions with fixed outputs, so each gradient names its source)."""
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
-
-
-
-# Exact fp64 stand-ins for FLA's two state recurrences (the semantics of chunk_gated_delta_rule_fwd_h and _bwd_dhu:
-# states at each chunk's start, g a chunk-local cumulative log2 decay, k gated to the chunk's end), so that the
-# segmented recurrences (GDN_SEGMENT_LEN) can be compared with the plain ones.
-SEGMENTED = STATE_OP_WIRING.split("spec = importlib.util.spec_from_file_location")[0] + r"""
-def chunks(T):
-    return [slice(c * 64, min(T, (c + 1) * 64)) for c in range(NT(T))]
-
-def fwd_h(k, w, u, g, initial_state=None, output_final_state=False, chunk_size=64, **kw):
-    B, T, H, K = k.shape
-    state = (initial_state.double() if initial_state is not None
-             else k.new_zeros(B, H, K, u.size(-1), dtype=torch.float64))
-    h, v_new = k.new_zeros(B, NT(T), H, K, u.size(-1), dtype=torch.float64), torch.empty_like(u, dtype=torch.float64)
-    for c, r in enumerate(chunks(T)):
-        h[:, c] = state
-        G = g[:, r][:, -1]
-        v_new[:, r] = u[:, r] - torch.einsum("blhk,bhkv->blhv", w[:, r], state)
-        kt = k[:, r] * torch.exp2(G[:, None] - g[:, r])[..., None]
-        state = torch.exp2(G)[..., None, None] * state + torch.einsum("blhk,blhv->bhkv", kt, v_new[:, r])
-    return h, v_new, state if output_final_state else None
-
-def bwd_dhu(q, k, w, g, h0, dht, do, dv, scale, chunk_size=64, **kw):
-    B, T, H, K = k.shape
-    b_dh = dht.double().clone() if dht is not None else k.new_zeros(B, H, K, do.size(-1), dtype=torch.float64)
-    dh, dv2 = k.new_zeros(B, NT(T), H, K, do.size(-1), dtype=torch.float64), torch.empty_like(dv, dtype=torch.float64)
-    for c, r in reversed(list(enumerate(chunks(T)))):
-        dh[:, c] = b_dh
-        G = g[:, r][:, -1]
-        kt = k[:, r] * torch.exp2(G[:, None] - g[:, r])[..., None]
-        dv2[:, r] = dv[:, r] + torch.einsum("blhk,bhkv->blhv", kt, b_dh)
-        qt = q[:, r] * torch.exp2(g[:, r])[..., None] * scale
-        b_dh = (torch.exp2(G)[..., None, None] * b_dh + torch.einsum("blhk,blhv->bhkv", qt, do[:, r])
-                - torch.einsum("blhk,blhv->bhkv", w[:, r], dv2[:, r]))
-    return dh, (b_dh if h0 is not None else None), dv2
-
-mod = sys.modules["fla.ops.common.chunk_delta_h"]
-mod.chunk_gated_delta_rule_fwd_h = fn_with(["k", "w", "u", "g", "initial_state", "output_final_state",
-                                            "chunk_size=64"], rec("fwd_h", fwd_h))
-mod.chunk_gated_delta_rule_bwd_dhu = fn_with(["q", "k", "w", "g", "h0", "dht", "do", "dv", "scale",
-                                              "chunk_size=64"], rec("dhu", bwd_dhu))
-sys.modules["fla.ops.utils"].chunk_local_cumsum = fn_with(  # a real chunk-local cumsum: g in log2 units
-    ["g", "chunk_size=64", "scale=None", "reverse=False"],
-    rec("cumsum", lambda g, scale=None, reverse=False, **kw: torch.cat(
-        [(x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)) * (scale or 1) for x in g.split(64, 1)], 1)))
-spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
-gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-gdn.build_v_new_kernel = lambda: v_new_ref
-assert gdn.register_fla_gdn_state_op() is None
-torch.manual_seed(0)
-B, T, H, K, V = 2, 256, 2, 8, 12
-q, k, v = (torch.randn(B, T, H, d, dtype=torch.float64) * 0.3 for d in (K, K, V))
-g, beta = -torch.rand(B, T, H, dtype=torch.float64) * 0.05, torch.rand(B, T, H, dtype=torch.float64)
-do = torch.randn(B, T, H, V, dtype=torch.float64)
-seen = {}
-for seg_len in (0, 64, 128, 192):  # 4 and 2 segments; 192 does not divide T: one segment
-    calls.clear()
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
-    out = gdn.GDN_STATE_OP(*leaves, 0.5, seg_len)
-    out[0].backward(do)
-    names = [c[0] for c in calls]
-    fwd_o = [c for c in calls if c[0] == "fwd_o"][0][1]
-    dqkwg = [c for c in calls if c[0] == "dqkwg"][0][1]
-    seen[seg_len] = dict(h=fwd_o["h"], v_new=fwd_o["v"], dh=dqkwg["dh"], dv=dqkwg["dv"], h_saved=dqkwg["h"],
-                         grads=[t.grad for t in leaves], n_fwd_h=names.count("fwd_h"), n_dhu=names.count("dhu"),
-                         M=out[4])
-base = seen[0]
-assert (base["n_fwd_h"], base["n_dhu"], base["M"].numel()) == (1, 1, 0)
-for seg_len, S in ((64, 4), (128, 2), (192, 1)):
-    got = seen[seg_len]
-    assert (got["n_fwd_h"], got["n_dhu"]) == ((2, 2) if S > 1 else (1, 1)), (seg_len, got["n_fwd_h"])
-    assert got["M"].shape == ((B, S, H, K, K) if S > 1 else (0,))
-    for key in ("h", "v_new", "dh", "dv", "h_saved"):
-        err = (got[key] - base[key]).abs().max().item() / base[key].abs().max().item()
-        assert err < 1e-12, (seg_len, key, err)
-    for a, b in zip(got["grads"], base["grads"]):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), seg_len
-assert base["dh"].abs().max() > 0 and seen[64]["h"][:, 1:].abs().max() > 0
-# compiled (one graph; the op's fake shapes, its segment-map output included, must trace): the same numbers
-leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
-o = torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, 0.5, 64)[0], fullgraph=True, backend="aot_eager")(*leaves)
-o.backward(do)
-for a, b in zip([t.grad for t in leaves], seen[64]["grads"]):
-    assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-print("ok")
-"""
-
-
-def test_segmented_state_recurrences_equal_the_plain_ones():
-    """GDN_SEGMENT_LEN: the state op's forward and backward state recurrences run as S segments side by side
-    (two passes and a scan over segments each) and give the same chunk states, v_new, dh and dv, and so the same
-    gradients, as one pass over the whole sequence (exact fp64 stand-ins for FLA's two recurrence kernels)."""
-    r = subprocess.run([sys.executable, "-c", SEGMENTED, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

@@ -1,8 +1,7 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through our custom op (FLA's forward/backward functions, traceable by torch.compile), the state-saving op
-of GDN_SAVE_STATE (also against our custom op), the same with its state recurrences in segments (GDN_SEGMENT_LEN,
-also against the state-saving op) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
+of GDN_SAVE_STATE (also against our custom op) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
 against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch
 (same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
@@ -90,11 +89,9 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     o_ref, g_ref = grads_of(ours, (q, k, v, g, b), do)
     rows = []
     by_path = {}
-    # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE, the same with its state
-    # recurrences in 4 segments (GDN_SEGMENT_LEN, where T allows), FLA's public op
-    seg = segmented(T // 4) if T % 256 == 0 and gdn.GDN_STATE_OP is not None else None
-    for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-seg", seg), ("public", None)):
-        if path.startswith("state") and use is None:
+    # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE, FLA's public op
+    for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("public", None)):
+        if path == "state-op" and use is None:
             continue
         with gdn_op(use):
             o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
@@ -104,10 +101,6 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         (o_s, g_s), (o_o, g_o) = by_path["state-op"], by_path["op"]
         rows += [("fla state-op vs op", "o", rel(o_s, o_o), TOL_SAME)]
         rows += [("fla state-op vs op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_s, g_o)]
-    if "state-seg" in by_path:  # other bf16 roundings (the segments' maps): held to the bf16 tolerance
-        (o_g, g_g), (o_s, g_s) = by_path["state-seg"], by_path["state-op"]
-        rows += [("fla state-seg vs state-op", "o", rel(o_g, o_s), TOL_BF16)]
-        rows += [("fla state-seg vs state-op", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_g, g_s)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
@@ -196,24 +189,15 @@ def check_layer(B, T, seed):
     return rows
 
 
-def segmented(seg_len: int):
-    """The state-saving op with its state recurrences in segments of seg_len tokens (GDN_SEGMENT_LEN)."""
-    def op(q, k, v, g, beta, scale):
-        return gdn.GDN_STATE_OP(q, k, v, g, beta, scale, seg_len)
-    return op
-
-
 def time_op(B, T, H, dk, dv):
     dev = torch.device("cuda")
     q, k, v, g, b = make_inputs(B, T, H, dk, dv, dev, 0)
     scale = dk ** -0.5
     res = {}
-    paths = [("fla", gdn.GDN_OP, torch.bfloat16), ("fla-state", gdn.GDN_STATE_OP, torch.bfloat16)]
-    paths += [(f"fla-state-seg{L}", segmented(L) if gdn.GDN_STATE_OP else None, torch.bfloat16)
-              for L in (2048, 4096, 8192) if L < T]
-    paths += [("torch", None, torch.float32)]
+    paths = [("fla", gdn.GDN_OP, torch.bfloat16), ("fla-state", gdn.GDN_STATE_OP, torch.bfloat16),
+             ("torch", None, torch.float32)]
     for name, op, dt in paths:
-        if name.startswith("fla-state") and op is None:
+        if name == "fla-state" and op is None:
             continue
         qq, kk, vv = (t.to(dt).requires_grad_(True) for t in (q, k, v))
         gg, bb = g.clone().requires_grad_(True), b.clone().requires_grad_(True)
@@ -289,10 +273,8 @@ def main() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name:48s} {what:24s} rel_err={err:.2e} tol={tol:.1e}")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_op(B, T, 8, 42, 84)
-        segs = "".join(f", {n[len('fla-state-'):]} {ms:.2f} ms" for n, ms in t.items()
-                       if n.startswith("fla-state-seg"))
         print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
-              f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms{segs}, ours(torch fp32) {t['torch']:.2f} ms")
+              f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_conv(B, T, 1344)
         print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: triton op {t['op']:.2f} ms, fla kernels "
