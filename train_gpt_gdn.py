@@ -1065,41 +1065,44 @@ def build_conv_kernels():
         tl.store(dx + i_b * T * D + t[:, None] * D + d[None, :], acc.to(dx.dtype.element_ty),
                  mask=(t < T)[:, None] & md[None, :])
 
-    # On the GPU, Triton picks the tile width and warps by timing (once per width D); the CPU interpreter
-    # (tests) runs one fixed tile. Neither changes what a row or column computes.
+    # On the GPU, Triton picks the tile and warps by timing (once per width D); the CPU interpreter (tests) runs
+    # one fixed tile. Neither changes what a row or column computes.
     # The dz kernel's walk is TSEG rows long (a multiple of its BT): few enough programs to make the weight
     # gradient's partial sums small, enough (D/BD x T/TSEG x B: 576-1056 at the presets) to fill the GPU.
     tuned = os.environ.get("TRITON_INTERPRET") != "1"
     TSEG = 512 if tuned else 32
     if tuned:
-        configs = [triton.Config({"BD": bd}, num_warps=nw) for bd in (64, 128) for nw in (4, 8)]
+        # (ptxas, sm_90: no spills with 8 warps, nor in any dz config; PERF_NOTES v14 for what each adds)
+        configs = [triton.Config({"BT": bt, "BD": bd}, num_warps=nw)
+                   for bt, bd in ((32, 64), (32, 128), (64, 64), (64, 128), (128, 64)) for nw in (4, 8)]
         conv_silu_fwd_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_fwd_kernel)
         conv_silu_bwd_dx_kernel = triton.autotune(configs, key=["D", "K"])(conv_silu_bwd_dx_kernel)
-        dz_configs = [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt in (16, 32) for bd in (32, 64, 128)
-                      for nw in (4, 8)]
+        dz_shapes = [(bt, bd, nw) for bt in (16, 32) for bd in (32, 64, 128) for nw in (4, 8)]
+        dz_shapes += [(8, 64, 4), (8, 128, 4), (16, 32, 2), (32, 32, 2), (16, 64, 2), (64, 32, 8), (8, 256, 8)]
+        dz_configs = [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt, bd, nw in dz_shapes]
         conv_silu_bwd_dz_kernel = triton.autotune(dz_configs, key=["D", "K"])(conv_silu_bwd_dz_kernel)
-    tile, dz_tile = ({}, {}) if tuned else ({"BD": 64}, {"BT": 16, "BD": 64})
+    tile, dz_tile = ({}, {}) if tuned else ({"BT": 64, "BD": 64}, {"BT": 16, "BD": 64})
 
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
         x = x if x.stride(-1) == 1 else x.contiguous()
-        (B, T, D), K, BT = x.shape, weight.size(1), 64
+        (B, T, D), K = x.shape, weight.size(1)
         y = x.new_empty(B, T, D)
-        conv_silu_fwd_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
-            x, weight.contiguous(), y, T, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), K=K, BT=BT, **tile)
+        conv_silu_fwd_kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(D, meta["BD"]), B)](
+            x, weight.contiguous(), y, T, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), K=K, **tile)
         return y
 
     def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
         x = x if x.stride(-1) == 1 else x.contiguous()
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        (B, T, D), K, BT = x.shape, weight.size(1), 64
+        (B, T, D), K = x.shape, weight.size(1)
         weight = weight.contiguous()
         dz, dx = x.new_empty(B, T, D), x.new_empty(B, T, D)
         parts = torch.empty(B * triton.cdiv(T, TSEG), D, K, device=x.device, dtype=torch.float32)
         conv_silu_bwd_dz_kernel[lambda meta: (triton.cdiv(D, meta["BD"]), triton.cdiv(T, TSEG), B)](
             x, weight, dy, dz, parts, T, D, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), K=K,
             KP=triton.next_power_of_2(K), TSEG=TSEG, **dz_tile)
-        conv_silu_bwd_dx_kernel[lambda meta: (triton.cdiv(T, BT), triton.cdiv(D, meta["BD"]), B)](
-            dz, weight, dx, T, D, K=K, BT=BT, **tile)
+        conv_silu_bwd_dx_kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(D, meta["BD"]), B)](
+            dz, weight, dx, T, D, K=K, **tile)
         return dx, parts.sum(0).to(weight.dtype)
 
     return fwd, bwd
