@@ -1119,7 +1119,12 @@ def register_conv_op() -> str | None:
     except Exception as e:  # no Triton
         return f"{type(e).__name__}: {e}"
 
-    @torch.library.custom_op("gdn_repro::conv_silu_fwd", mutates_args=())
+    # Inductor pads the fused projection's rows (2032 -> 2048 elements on CUDA) and, by default, copies each strided
+    # slice into the layout eager saw before calling a custom op: six copies per layer and micro-step (~8 ms per 8k
+    # step, PERF_NOTES v15). Our kernels take any row stride, so the ops accept any layout.
+    tags = (torch.Tag.flexible_layout,) if hasattr(torch.Tag, "flexible_layout") else ()
+
+    @torch.library.custom_op("gdn_repro::conv_silu_fwd", mutates_args=(), tags=tags)
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
         return conv_fwd(x, weight)
 
@@ -1127,7 +1132,7 @@ def register_conv_op() -> str | None:
     def _(x, weight):
         return x.new_empty(x.shape)
 
-    @torch.library.custom_op("gdn_repro::conv_silu_bwd", mutates_args=())
+    @torch.library.custom_op("gdn_repro::conv_silu_bwd", mutates_args=(), tags=tags)
     def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
         return conv_bwd(x, weight, dy)
 

@@ -84,8 +84,8 @@ def test_plot_from_probe_lines(tmp_path):
 @pytest.mark.skipif(not TOKENIZER.is_file(), reason="needs ../shared/data/fineweb_1024_bpe.model")
 def test_ab_session_runs_items_in_order(tmp_path):
     """tools/gpu/ab_session.sh (GDN check off: it needs CUDA) on a tiny CPU config: one probe per item, labelled,
-    an older script folder and per-item environment honoured, the study's lines of each run kept, DONE written;
-    a malformed item is refused before any run."""
+    an older script folder and per-item environment honoured, an inductor cache per label, the study's lines of
+    each run kept, DONE written; a malformed item is refused before any run."""
     old = tmp_path / "old"
     old.mkdir()
     for name in ("train_gpt.py", "train_gpt_gdn.py"):
@@ -110,6 +110,7 @@ def test_ab_session_runs_items_in_order(tmp_path):
     budgets = [ln.split("compile_memory_budget:")[1].split()[0] for f in kept for ln in f.read_text().splitlines()
                if ln.startswith("device:")]
     assert sorted(budgets) == ["0.5", "1"]
+    assert sorted(d.name for d in (tmp_path / "w" / "inductor_cache").iterdir()) == ["new", "old"]  # one per label
     assert (out / "DONE").exists()
 
 

@@ -46,6 +46,17 @@ CHECK = textwrap.dedent("""
                     err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
                     assert err < tol, (name, what, dtype, B, T, C, K, err)
             assert results["op"][1][..., C:].abs().max() == 0  # no gradient outside the view
+            # The ops take any layout (flexible_layout: inductor passes its padded slices as they are): strided x and
+            # dy give the contiguous inputs' results exactly
+            wc, dy_wide = w.to(dtype), torch.randn(B, T, C + 6, dtype=dtype)
+            x_s, dy_s = wide[..., 5:5 + C], dy_wide[..., 3:3 + C]
+            x_c, dy_c = x_s.contiguous(), dy_s.contiguous()
+            ops = torch.ops.gdn_repro
+            assert torch.equal(ops.conv_silu_fwd(x_s, wc), ops.conv_silu_fwd(x_c, wc))
+            for a, b in zip(ops.conv_silu_bwd(x_s, wc, dy_s), ops.conv_silu_bwd(x_c, wc, dy_c)):
+                assert torch.equal(a, b)
+    for op in (torch.ops.gdn_repro.conv_silu_fwd.default, torch.ops.gdn_repro.conv_silu_bwd.default):
+        assert torch.Tag.flexible_layout in op.tags, op.tags
     print("ok")
 """)
 

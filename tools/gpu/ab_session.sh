@@ -9,6 +9,7 @@
 #   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) STEPS (5) TOKENIZER_PATH
 #        REPEAT (1: rounds over the items, every second round in reverse order, for A/B on a drifting card)
 #        DATA_PATH (generated if absent) BATCH_TOKENS (the presets; set only for CPU smoke runs)
+#   Each label compiles into its own inductor cache under BENCH_WORKDIR (versions never share compiled graphs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -lt 2 ]; then echo "usage: bash tools/gpu/ab_session.sh OUT_DIR MODEL:SEQ:LABEL[:SCRIPT_DIR[:ENV=V,...]]..." >&2; exit 2; fi
@@ -44,7 +45,11 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   IFS=: read -r model seq label dir envs <<< "$item"
   [ -n "$envs" ] && IFS=, read -r -a extra <<< "$envs"
   res="$OUT/bench_${label}_${model}_${seq}$([ "$rep" -gt 1 ] && echo "_r$rep").txt"
-  env "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" --data "$DATA" --steps "${STEPS:-5}" \
+  # One inductor cache per label: its key does not cover a custom op's tags, so a version that differs only there
+  # would replay another version's compiled graph (ninth session: v14 timed with v15's code, PERF_NOTES v15).
+  local cache="$BENCH_WORKDIR/inductor_cache/$label"
+  mkdir -p "$cache"
+  env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" --data "$DATA" --steps "${STEPS:-5}" \
     --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" --seq-lens "$seq" --script-dir "${dir:-.}" \
     --label "$label" ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"

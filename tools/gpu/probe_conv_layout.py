@@ -1,0 +1,106 @@
+"""Which kernels does inductor put around the hybrid's conv custom op on CUDA (copies of the padded q/k/v slices of
+the fused projection, PERF_NOTES v15)? Compiles one GatedDeltaNet layer at the script's default dims (our Triton conv
+kernels as custom ops; a stand-in for FLA's op returning zeros of the right shapes, so no fla-core is needed) under
+bf16 autocast, forward and backward, and prints the generated kernel launches and custom-op calls (graph 0 =
+forward, 1 = backward): once with the conv ops untagged, once tagged flexible_layout (as the script registers them).
+
+    python3 tools/gpu/probe_conv_layout.py      # from the repository root, on a CUDA machine
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch._inductor.utils import run_and_get_code
+
+if not torch.cuda.is_available():
+    sys.exit("probe_conv_layout: needs a CUDA device (inductor pads and copies only there)")
+spec = importlib.util.spec_from_file_location("gdn", Path(__file__).resolve().parents[2] / "train_gpt_gdn.py")
+gdn = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+print("torch", torch.__version__)
+C = 64
+
+
+@torch.library.custom_op("probe::st_fwd", mutates_args=())
+def st_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    B, T, H, K = k.shape
+    return (v.new_zeros(B, T, H, v.size(-1), dtype=q.dtype), k.new_zeros(B, T, H, C),
+            g.new_zeros(B, T, H, dtype=torch.float32), k.new_zeros(B, -(-T // C), H, K, v.size(-1)))
+
+
+@st_fwd.register_fake
+def _(q, k, v, g, beta, scale):
+    B, T, H, K = k.shape
+    return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, C),
+            g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
+
+
+@torch.library.custom_op("probe::st_bwd", mutates_args=())
+def st_bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
+           scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(torch.zeros_like(t) for t in (q, k, v, g_cum, beta))
+
+
+@st_bwd.register_fake
+def _(q, k, v, g_cum, beta, A, h, do, scale):
+    return tuple(torch.empty_like(t) for t in (q, k, v, g_cum, beta))
+
+
+def setup(ctx, inputs, output):
+    q, k, v, g, beta, scale = inputs
+    ctx.save_for_backward(q, k, v, output[2], beta, output[1], output[3])
+    ctx.scale = scale
+
+
+def bw(ctx, do, dA, dg, dh):
+    return (*st_bwd(*ctx.saved_tensors, do, ctx.scale), None)
+
+
+st_fwd.register_autograd(bw, setup_context=setup)
+conv_fwd, conv_bwd = gdn.build_conv_kernels()
+
+
+def conv_op(tags):
+    name = "probe::conv_" + ("flex" if tags else "plain")
+
+    @torch.library.custom_op(name + "_fwd", mutates_args=(), tags=tags)
+    def fwd(x: Tensor, weight: Tensor) -> Tensor:
+        return conv_fwd(x, weight)
+
+    @fwd.register_fake
+    def _(x, weight):
+        return x.new_empty(x.shape)
+
+    @torch.library.custom_op(name + "_bwd", mutates_args=(), tags=tags)
+    def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+        return conv_bwd(x, weight, dy)
+
+    @bwd.register_fake
+    def _(x, weight, dy):
+        return x.new_empty(x.shape), torch.empty_like(weight)
+
+    fwd.register_autograd(lambda ctx, dy: bwd(*ctx.saved_tensors, dy),
+                          setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+    return fwd
+
+
+gdn.GDN_OP = st_fwd
+args = gdn.Hyperparameters()
+for tags in ((), (torch.Tag.flexible_layout,)):
+    torch._dynamo.reset()
+    gdn.CONV_OP = conv_op(tags)
+    layer = gdn.GatedDeltaNet(args, impl="fla").cuda()
+    x = torch.randn(2, 1024, args.model_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = torch.compile(layer)(x)
+        y.float().sum().backward()
+    _, codes = run_and_get_code(step)
+    print("== tags", tags, "dims", gdn.gdn_dims(args), "model_dim", args.model_dim)
+    for i, code in enumerate(codes):
+        for line in code.splitlines():
+            s = line.strip()
+            if (s.startswith("triton_") and ".run(" in s) or "torch.ops.probe" in s or s.startswith("extern_kernels"):
+                print(i, s[:220])
