@@ -948,8 +948,8 @@ def register_fla_gdn_state_op() -> str | None:
                 g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_bwd_state", mutates_args=())
-    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor,
-            do: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
         w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
         v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence

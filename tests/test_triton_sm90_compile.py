@@ -1,7 +1,8 @@
 """The hybrid's Triton kernels (the conv + SiLU kernels and the v_new kernel of train_gpt_gdn.py) compile for Hopper
 (sm_90) on a machine without a GPU: Triton's compiler and its bundled ptxas from run_tests.sh's TRITON_INTERP_DIR,
 ahead of time, in a subprocess. The interpreter tests check what the kernels compute; this one catches what only the
-GPU compiler refuses (a dot shape, a layout's lowering), before any device time is spent. Prints each kernel's registers and spills for the record; speed is not asserted."""
+GPU compiler refuses (a dot shape, a layout's lowering), before any device time is spent. Prints each kernel's
+registers and spills for the record; speed is not asserted."""
 
 from __future__ import annotations
 

@@ -49,9 +49,10 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   # would replay another version's compiled graph (ninth session: v14 timed with v15's code, PERF_NOTES v15).
   local cache="$BENCH_WORKDIR/inductor_cache/$label"
   mkdir -p "$cache"
-  env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" --data "$DATA" --steps "${STEPS:-5}" \
-    --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" --seq-lens "$seq" --script-dir "${dir:-.}" \
-    --label "$label" ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
+  env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" \
+    --data "$DATA" --steps "${STEPS:-5}" --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" \
+    --seq-lens "$seq" --script-dir "${dir:-.}" --label "$label" \
+    ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
   grep -q "^probe" "$res" || echo "$item: no probe ($(tail -1 "$res"))"
   for f in "$BENCH_WORKDIR"/logs/*.txt; do  # the study's lines of each run (the full logs hold the source too)

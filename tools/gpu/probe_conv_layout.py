@@ -2,7 +2,8 @@
 the fused projection, PERF_NOTES v15)? Compiles one GatedDeltaNet layer at the script's default dims (our Triton conv
 kernels as custom ops; a stand-in for FLA's op returning zeros of the right shapes, so no fla-core is needed) under
 bf16 autocast, forward and backward, and prints the generated kernel launches and custom-op calls (graph 0 =
-forward, 1 = backward): once with the conv ops untagged, once tagged flexible_layout (as the script registers them).
+forward, 1 = backward): once with the conv ops registered untagged here, once as the script registers them
+(tagged flexible_layout).
 
     python3 tools/gpu/probe_conv_layout.py      # from the repository root, on a CUDA machine
 """
@@ -22,29 +23,23 @@ print("torch", torch.__version__)
 C = 64
 
 
-@torch.library.custom_op("probe::st_fwd", mutates_args=())
-def st_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def state_outputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                  scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The state op's four outputs (o, A, g_cum, h) as zeros: its implementation and its fake at once."""
     B, T, H, K = k.shape
     return (v.new_zeros(B, T, H, v.size(-1), dtype=q.dtype), k.new_zeros(B, T, H, C),
             g.new_zeros(B, T, H, dtype=torch.float32), k.new_zeros(B, -(-T // C), H, K, v.size(-1)))
 
 
-@st_fwd.register_fake
-def _(q, k, v, g, beta, scale):
-    B, T, H, K = k.shape
-    return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, C),
-            g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
-
-
-@torch.library.custom_op("probe::st_bwd", mutates_args=())
-def st_bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
-           scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def state_grads(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
+                scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return tuple(torch.zeros_like(t) for t in (q, k, v, g_cum, beta))
 
 
-@st_bwd.register_fake
-def _(q, k, v, g_cum, beta, A, h, do, scale):
-    return tuple(torch.empty_like(t) for t in (q, k, v, g_cum, beta))
+st_fwd = torch.library.custom_op("probe::st_fwd", mutates_args=())(state_outputs)
+st_fwd.register_fake(state_outputs)
+st_bwd = torch.library.custom_op("probe::st_bwd", mutates_args=())(state_grads)
+st_bwd.register_fake(state_grads)
 
 
 def setup(ctx, inputs, output):
@@ -58,13 +53,13 @@ def bw(ctx, do, dA, dg, dh):
 
 
 st_fwd.register_autograd(bw, setup_context=setup)
-conv_fwd, conv_bwd = gdn.build_conv_kernels()
 
 
-def conv_op(tags):
-    name = "probe::conv_" + ("flex" if tags else "plain")
+def untagged_conv_op():
+    """Our conv kernels as custom ops without the script's flexible_layout tag (v14 and before)."""
+    conv_fwd, conv_bwd = gdn.build_conv_kernels()
 
-    @torch.library.custom_op(name + "_fwd", mutates_args=(), tags=tags)
+    @torch.library.custom_op("probe::conv_plain_fwd", mutates_args=())
     def fwd(x: Tensor, weight: Tensor) -> Tensor:
         return conv_fwd(x, weight)
 
@@ -72,7 +67,7 @@ def conv_op(tags):
     def _(x, weight):
         return x.new_empty(x.shape)
 
-    @torch.library.custom_op(name + "_bwd", mutates_args=(), tags=tags)
+    @torch.library.custom_op("probe::conv_plain_bwd", mutates_args=())
     def bwd(x: Tensor, weight: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
         return conv_bwd(x, weight, dy)
 
@@ -85,11 +80,12 @@ def conv_op(tags):
     return fwd
 
 
+assert gdn.register_conv_op() is None, "the script's conv op did not register"
 gdn.GDN_OP = st_fwd
 args = gdn.Hyperparameters()
-for tags in ((), (torch.Tag.flexible_layout,)):
+for name, op in (("untagged", untagged_conv_op()), ("as the script registers it", gdn.CONV_OP)):
     torch._dynamo.reset()
-    gdn.CONV_OP = conv_op(tags)
+    gdn.CONV_OP = op
     layer = gdn.GatedDeltaNet(args, impl="fla").cuda()
     x = torch.randn(2, 1024, args.model_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
@@ -98,9 +94,10 @@ for tags in ((), (torch.Tag.flexible_layout,)):
             y = torch.compile(layer)(x)
         y.float().sum().backward()
     _, codes = run_and_get_code(step)
-    print("== tags", tags, "dims", gdn.gdn_dims(args), "model_dim", args.model_dim)
+    print("== conv op", name, "tags", op._opoverload.tags, "dims", gdn.gdn_dims(args), "model_dim", args.model_dim)
     for i, code in enumerate(codes):
         for line in code.splitlines():
             s = line.strip()
-            if (s.startswith("triton_") and ".run(" in s) or "torch.ops.probe" in s or s.startswith("extern_kernels"):
+            if ((s.startswith("triton_") and ".run(" in s) or "torch.ops.probe" in s or "torch.ops.gdn_repro" in s
+                    or s.startswith("extern_kernels")):
                 print(i, s[:220])
