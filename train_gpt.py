@@ -557,7 +557,7 @@ class Rotary(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), self.inv_freq)
-        return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
+        return freqs.cos()[None, :, None].to(dtype), freqs.sin()[None, :, None].to(dtype)  # (1, T, 1, D/2)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -614,13 +614,17 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         # One matmul for q|k|v; the weights stay three matrices (Muon orthogonalises each one on its own).
         q, k, v = SplitLinear.apply(x, self.c_q.weight, self.c_k.weight, self.c_v.weight)
-        q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q.reshape(B, T, self.num_heads, self.head_dim)
+        k = k.reshape(B, T, self.num_kv_heads, self.head_dim)
+        v = v.reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        # (B, H, T, D) views of (B, T, H, D) data, taken last: inductor lays out its norm/RoPE kernels' outputs
+        # in their own index order, so q and k stay (B, T, H, D) in memory, SDPA's output follows q's layout,
+        # and y.transpose(1, 2).reshape below is a view, not a copy (PERF_NOTES v16).
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.num_kv_heads != self.num_heads and not SDPA_NATIVE_GQA:  # the backend takes no GQA flag
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -171,6 +171,32 @@ def test_forward_matches_spec_reference(clean_env, num_layers, native_gqa):
     assert abs(loss.item() - ref.item()) < 1e-5 * max(1.0, ref.item())
 
 
+@pytest.mark.parametrize("native_gqa", [True, False])
+def test_attention_keeps_token_major_layout(clean_env, native_gqa):
+    """v16: q, k (and SDPA's output, which follows q's layout) stay (B, T, H, D) in memory, so the output's
+    transpose+reshape before the projection is a view: with (B, H, T, D) data it was a copy per layer (and a second
+    saved activation) on CUDA. Checked on the eager SDPA call of the script's attention."""
+    clean_env.setattr(BASE, "SDPA_NATIVE_GQA", native_gqa)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kw):
+        y = sdpa(q, k, v, **kw)
+        seen.append((q, k, y))
+        return y
+
+    clean_env.setattr(BASE.F, "scaled_dot_product_attention", recording_sdpa)
+    att = BASE.CausalSelfAttention(64, 4, 2, 10000.0, 1.5)
+    x = torch.randn(2, 16, 64, requires_grad=True)
+    att(x).sum().backward()
+    (q, k, y), = seen
+    assert q.transpose(1, 2).is_contiguous() and y.transpose(1, 2).is_contiguous()
+    if native_gqa:
+        assert k.transpose(1, 2).is_contiguous()
+    assert y.transpose(1, 2).reshape(2, 16, 64).data_ptr() == y.data_ptr()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_model_is_causal(clean_env):
     args, model = build(BASE, clean_env, MODEL_DIM=32, NUM_HEADS=4, NUM_KV_HEADS=2, NUM_LAYERS=3, VOCAB_SIZE=64)
     torch.manual_seed(2)

@@ -93,3 +93,10 @@ def test_poll_packs_a_finished_session(tmp_path):
     assert r.returncode == 0 and "probes.txt" in r.stdout
     listing = subprocess.run(["tar", "tzf", str(out / "results.tgz")], capture_output=True, text=True).stdout
     assert "./probes.txt" in listing and "./ALL.done" in listing
+
+
+def test_probe_block_kernels_checks_its_scripts_first(tmp_path):
+    missing = tmp_path / "nope.py"
+    r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_block_kernels.py"), str(missing)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"SCRIPT {missing}: expected an existing training script" in r.stderr
