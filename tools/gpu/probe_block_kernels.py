@@ -1,9 +1,11 @@
 """Which kernels does inductor generate for one of the baseline's blocks (attention + MLP) on CUDA, forward and
-backward? Prints each graph's kernel launches and extern calls (graph 0 = forward, 1 = backward) and the strides of
-the SDPA output, for each training script given, so two versions can be compared line by line: e.g. whether the
-attention output is copied before the output projection (PERF_NOTES v16) and which reductions leave the graph.
+backward? Prints each graph's kernel launches and extern calls (graph 0 = forward, 1 = backward), the strides of
+the SDPA output and the tensors saved for the backward, for each training script given, so that two versions can
+be compared line by line: e.g. whether the attention output is copied before the output projection (PERF_NOTES
+v16) and what MLP_RECOMPUTE=1 leaves out of the saved tensors (v17).
 
     python3 tools/gpu/probe_block_kernels.py [SCRIPT.py ...]   # default: train_gpt.py; on a CUDA machine
+    MLP_RECOMPUTE=1 python3 tools/gpu/probe_block_kernels.py   # the block as that setting builds it
 """
 import importlib.util
 import re
@@ -34,7 +36,8 @@ for n, path in enumerate(scripts):
     torch.manual_seed(0)
     attn = mod.CausalSelfAttention(args.model_dim, args.num_heads, args.num_kv_heads, args.rope_base,
                                    args.qk_gain_init)
-    block = mod.Block(args.model_dim, attn, args.mlp_mult).cuda()
+    extra = (args.mlp_recompute,) if hasattr(args, "mlp_recompute") else ()  # MLP_RECOMPUTE (v17 and later)
+    block = mod.Block(args.model_dim, attn, args.mlp_mult, *extra).cuda()
     x = torch.randn(2, 1024, args.model_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     x0 = torch.randn_like(x)
     strides = []
@@ -51,12 +54,23 @@ for n, path in enumerate(scripts):
     F.scaled_dot_product_attention = orig_sdpa
     print("eager sdpa output strides (B, H, T, D):", strides[0])
 
+    saved = {}
+
+    def pack(t):  # what the compiled forward keeps for the backward (distinct storages)
+        saved.setdefault(t.untyped_storage().data_ptr(), (str(t.dtype).replace("torch.", ""), tuple(t.shape),
+                                                          tuple(t.stride()), t.untyped_storage().nbytes()))
+        return t
+
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = torch.compile(block)(x, x0)
         y.float().square().sum().backward()
 
     _, codes = run_and_get_code(step)
+    print(f"saved for backward: {sum(v[3] for v in saved.values()) / 2**20:.2f} MiB in {len(saved)} storages "
+          f"(mlp_recompute:{int(bool(extra and extra[0]))})")
+    for dtype, shape, stride, nbytes in sorted(saved.values(), key=lambda v: -v[3]):
+        print(f"  saved {nbytes / 2**20:8.3f} MiB {dtype} {list(shape)} strides {list(stride)}")
     for i, code in enumerate(codes):
         kinds = Counter()
         for line in code.splitlines():
