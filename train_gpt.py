@@ -28,7 +28,6 @@ import torch
 import torch._functorch.config  # activation_memory_budget (COMPILE_MEMORY_BUDGET)
 import torch.distributed as dist
 import torch.nn.functional as F
-import torch.utils.checkpoint  # MLP_RECOMPUTE
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -150,9 +149,6 @@ class Hyperparameters:
         # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
         # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
         self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
-        # 1: the MLP keeps only fc's output for the backward and recomputes relu(.)^2 there (same math; one MLP-wide
-        # bf16 tensor less per layer, about a ninth of the activations, for one more elementwise write per layer).
-        self.mlp_recompute = env_choice("MLP_RECOMPUTE", "0", ("0", "1")) == "1"
         # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
         # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
         self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
@@ -637,29 +633,21 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def relu_square(h: Tensor) -> Tensor:
-    return F.relu(h).square()
-
-
 class MLP(nn.Module):
-    def __init__(self, dim: int, mult: int, recompute: bool = False):
+    def __init__(self, dim: int, mult: int):
         super().__init__()
         self.fc = CastedLinear(dim, mult * dim)
         self.proj = CastedLinear(mult * dim, dim, zero_init=True)
-        self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)
-        if self.recompute:  # the activation is not saved: recomputed from h in the backward (also under compile)
-            return self.proj(torch.utils.checkpoint.checkpoint(relu_square, h, use_reentrant=False))
-        return self.proj(relu_square(h))
+        return self.proj(F.relu(self.fc(x)).square())
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int, mlp_recompute: bool = False):
+    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int):
         super().__init__()
         self.mixer = mixer
-        self.mlp = MLP(dim, mlp_mult, mlp_recompute)
+        self.mlp = MLP(dim, mlp_mult)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
@@ -684,8 +672,7 @@ class GPT(nn.Module):
         self.num_encoder = args.num_layers // 2
         self.num_decoder = args.num_layers - self.num_encoder
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, self.num_decoder), dim))
-        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult, args.mlp_recompute)
-                                     for i in range(args.num_layers)])
+        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult) for i in range(args.num_layers)])
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
         x = rms_norm(self.tok_emb(input_ids))
@@ -872,8 +859,7 @@ def main() -> None:
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
-        f"compile_memory_budget:{args.compile_memory_budget:g} mlp_recompute:{int(args.mlp_recompute)} "
-        f"cuda_graphs:{cuda_graphs}")
+        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

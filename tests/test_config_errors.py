@@ -66,7 +66,6 @@ CASES = {
     "memory_budget_above_one": ("train_gpt_gdn", dict(COMPILE_MEMORY_BUDGET="1.5"), good, ["COMPILE_MEMORY_BUDGET"]),
     "cuda_graphs_on_cpu": ("train_gpt", dict(CUDA_GRAPHS="1"), good, ["CUDA_GRAPHS=1", "CUDA", "device:cpu"]),
     "cuda_graphs_unknown": ("train_gpt_gdn", dict(CUDA_GRAPHS="yes"), good, ["CUDA_GRAPHS"]),
-    "mlp_recompute_unknown": ("train_gpt", dict(MLP_RECOMPUTE="yes"), good, ["MLP_RECOMPUTE", "yes"]),
     "batch_not_divisible": ("train_gpt", dict(TRAIN_BATCH_TOKENS="5000"), good, ["TRAIN_BATCH_TOKENS", "1024"]),
     "val_batch_too_small": ("train_gpt", dict(VAL_BATCH_SIZE="512"), good, ["VAL_BATCH_SIZE"]),
     "kv_heads_not_divisor": ("train_gpt", dict(NUM_KV_HEADS="3"), good, ["NUM_KV_HEADS"]),

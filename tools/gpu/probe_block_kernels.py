@@ -2,10 +2,9 @@
 backward? Prints each graph's kernel launches and extern calls (graph 0 = forward, 1 = backward), the strides of
 the SDPA output and the tensors saved for the backward, for each training script given, so that two versions can
 be compared line by line: e.g. whether the attention output is copied before the output projection (PERF_NOTES
-v16) and what MLP_RECOMPUTE=1 leaves out of the saved tensors (v17).
+v16) and which activations a change keeps out of the saved set.
 
     python3 tools/gpu/probe_block_kernels.py [SCRIPT.py ...]   # default: train_gpt.py; on a CUDA machine
-    MLP_RECOMPUTE=1 python3 tools/gpu/probe_block_kernels.py   # the block as that setting builds it
 """
 import importlib.util
 import re
@@ -36,8 +35,7 @@ for n, path in enumerate(scripts):
     torch.manual_seed(0)
     attn = mod.CausalSelfAttention(args.model_dim, args.num_heads, args.num_kv_heads, args.rope_base,
                                    args.qk_gain_init)
-    extra = (args.mlp_recompute,) if hasattr(args, "mlp_recompute") else ()  # MLP_RECOMPUTE (v17 and later)
-    block = mod.Block(args.model_dim, attn, args.mlp_mult, *extra).cuda()
+    block = mod.Block(args.model_dim, attn, args.mlp_mult).cuda()
     x = torch.randn(2, 1024, args.model_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     x0 = torch.randn_like(x)
     strides = []
@@ -67,8 +65,7 @@ for n, path in enumerate(scripts):
         y.float().square().sum().backward()
 
     _, codes = run_and_get_code(step)
-    print(f"saved for backward: {sum(v[3] for v in saved.values()) / 2**20:.2f} MiB in {len(saved)} storages "
-          f"(mlp_recompute:{int(bool(extra and extra[0]))})")
+    print(f"saved for backward: {sum(v[3] for v in saved.values()) / 2**20:.2f} MiB in {len(saved)} storages")
     for dtype, shape, stride, nbytes in sorted(saved.values(), key=lambda v: -v[3]):
         print(f"  saved {nbytes / 2**20:8.3f} MiB {dtype} {list(shape)} strides {list(stride)}")
     for i, code in enumerate(codes):
