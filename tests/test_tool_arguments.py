@@ -100,3 +100,9 @@ def test_probe_block_kernels_checks_its_scripts_first(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_block_kernels.py"), str(missing)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"SCRIPT {missing}: expected an existing training script" in r.stderr
+
+
+def test_probe_model_launches_checks_its_options_first():
+    r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_model_launches.py"), "--batch", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--batch 0 --seq-len 8192: expected a batch >= 1" in r.stderr
