@@ -7,7 +7,6 @@ v16) and which activations a change keeps out of the saved set.
     python3 tools/gpu/probe_block_kernels.py [SCRIPT.py ...]   # default: train_gpt.py; on a CUDA machine
 """
 import importlib.util
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.inductor_code import launch_name, launches  # noqa: E402
 
 scripts = sys.argv[1:] or [str(Path(__file__).resolve().parents[2] / "train_gpt.py")]
 for path in scripts:  # arguments first, so that a CPU machine checks them too
@@ -47,9 +49,11 @@ for n, path in enumerate(scripts):
         return y
 
     F.scaled_dot_product_attention = eager_sdpa
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        block(x, x0)
-    F.scaled_dot_product_attention = orig_sdpa
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            block(x, x0)
+    finally:
+        F.scaled_dot_product_attention = orig_sdpa
     print("eager sdpa output strides (B, H, T, D):", strides[0])
 
     saved = {}
@@ -71,12 +75,8 @@ for n, path in enumerate(scripts):
         print(f"  saved {nbytes / 2**20:8.3f} MiB {dtype} {list(shape)} strides {list(stride)}")
     for i, code in enumerate(codes):
         kinds = Counter()
-        for line in code.splitlines():
-            s = line.strip()
-            if s.startswith("#"):  # the FX graph's comments name aten ops too
-                continue
-            if (s.startswith("triton_") and ".run(" in s) or s.startswith("extern_kernels") or "torch.ops.aten" in s:
-                print(i, s[:200])
-                kinds[re.sub(r"_\d+$", "", s.split("(")[0].split(".run")[0])] += 1
+        for s in launches(code):
+            print(i, s[:200])
+            kinds[launch_name(s)] += 1
         copies = [k for k in kinds if "clone" in k and all(w not in k for w in ("rms", "mul", "add"))]
         print(f"graph {i}: {sum(kinds.values())} launches; pure copy kernels: {copies or 'none'}")

@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.inductor_code import launches  # noqa: E402
+
 if not torch.cuda.is_available():
     sys.exit("probe_conv_layout: needs a CUDA device (inductor pads and copies only there)")
 spec = importlib.util.spec_from_file_location("gdn", Path(__file__).resolve().parents[2] / "train_gpt_gdn.py")
@@ -96,8 +99,5 @@ for name, op in (("untagged", untagged_conv_op()), ("as the script registers it"
     _, codes = run_and_get_code(step)
     print("== conv op", name, "tags", op._opoverload.tags, "dims", gdn.gdn_dims(args), "model_dim", args.model_dim)
     for i, code in enumerate(codes):
-        for line in code.splitlines():
-            s = line.strip()
-            if ((s.startswith("triton_") and ".run(" in s) or "torch.ops.probe" in s or "torch.ops.gdn_repro" in s
-                    or s.startswith("extern_kernels")):
-                print(i, s[:220])
+        for s in launches(code):
+            print(i, s[:220])

@@ -8,7 +8,6 @@ autograd engine or the optimiser).
 """
 import argparse
 import importlib
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.inductor_code import launch_name, launches  # noqa: E402
 
 
 def main() -> int:
@@ -46,16 +46,10 @@ def main() -> int:
 
     _, codes = run_and_get_code(step)
     for i, code in enumerate(codes):
-        kinds = Counter()
-        for line in code.splitlines():
-            s = line.strip()
-            if s.startswith("triton_") and ".run(" in s:
-                kinds["triton:" + re.sub(r"_\d+$", "", s.split(".run")[0])[:90]] += 1
-            elif ("extern_kernels." in s or "torch.ops." in s) and "(" in s and not s.startswith(("#", "assert_")):
-                kinds["other:" + s[:150]] += 1
+        kinds = Counter(launch_name(s) for s in launches(code))
         print(f"== graph {i}: {sum(kinds.values())} launches")
         for k, n in kinds.most_common():
-            if k.startswith("other:") or "sum" in k or "_red_" in k:
+            if not k.startswith("triton_") or "sum" in k or "_red_" in k:
                 print(n, k)
     return 0
 
