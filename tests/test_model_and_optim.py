@@ -471,3 +471,37 @@ def test_split_linear_under_autocast(compiled):
     for a, b in zip(grads, ref_grads):
         assert a.dtype == torch.float32
         assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient accumulation over micro-steps (one process)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_grad_sum_matches_backward(clean_env, monkeypatch, script):
+    """GradSum's foreach copy/adds give each parameter the same gradient, to the bit, as `.backward()`
+    accumulating over the micro-steps, every parameter included (autograd.grad raises on an unused one); its first
+    micro-step overwrites the previous step's sums (no zero_grad in the loop)."""
+    mod = load_script(script)
+    env = dict(MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2, NUM_LAYERS=4)
+    if script == "train_gpt_gdn":
+        env.update(GDN_LAYERS="0,1,3", GDN_IMPL="torch")
+    torch.manual_seed(0)
+    args, model = build(mod, monkeypatch, **env)
+    with torch.no_grad():  # away from the zero-initialised projections, so every gradient is non-zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.tok_emb.to(torch.bfloat16)  # two dtypes among the grads, as on CUDA
+    micro = [(torch.randint(0, 1024, (2, 32)), torch.randint(0, 1024, (2, 32))) for _ in range(3)]
+    for x, y in micro:
+        (model(x, y) / 3).backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(g.abs().sum() > 0 for g in want.values())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)  # stale sums of a previous step
+    grad_sum = mod.GradSum(model.parameters())
+    for i, (x, y) in enumerate(micro):
+        grad_sum.backward(model(x, y) / 3, first=i == 0)
+    for n, p in model.named_parameters():
+        assert p.grad.dtype == p.dtype and torch.equal(p.grad, want[n]), n
