@@ -18,6 +18,7 @@ def call(args):
     buf15 = torch.ops.aten._scaled_dot_product_cudnn_attention.default(buf14, buf13, buf7, None, True)
     assert_size_stride(buf16, (2, 8, 1024, 64), (524288, 65536, 64, 1), 'torch.ops.aten.x.default')
     buf30 = torch.ops.gdn_repro.conv_silu_fwd.default(buf29, primals_4)
+    buf31 = buf32[0 : (1536) * (512)].view(1536, 512).sum(dim=0).view([512])
     del buf16
 '''
 
@@ -26,5 +27,6 @@ def test_launch_lines_and_names():
     got = launches(CODE)
     assert [launch_name(s) for s in got] == [
         "triton_poi_fused_clone_transpose", "extern_kernels.mm",
-        "torch.ops.aten._scaled_dot_product_cudnn_attention.default", "torch.ops.gdn_repro.conv_silu_fwd.default"]
+        "torch.ops.aten._scaled_dot_product_cudnn_attention.default", "torch.ops.gdn_repro.conv_silu_fwd.default",
+        "wrapper.sum"]
     assert all(not s.startswith(("#", "assert_")) for s in got)  # comments and asserts name ops too: left out

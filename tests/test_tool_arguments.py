@@ -106,3 +106,20 @@ def test_probe_model_launches_checks_its_options_first():
     r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_model_launches.py"), "--batch", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--batch 0 --seq-len 8192: expected a batch >= 1" in r.stderr
+
+
+@pytest.mark.parametrize("argv,message", [(["--splits", "32,x"], "--splits '32,x': expected comma-separated"),
+                                          (["--rows", "0"], "--rows 0 --dim 512 --iters 50: expected positive")])
+def test_bench_mix_order_split_checks_its_options_first(argv, message):
+    r = subprocess.run([sys.executable, str(REPO / "tools/gpu/bench_mix_order_split.py"), *argv],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_probe_step_kernels_checks_its_options_first(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_step_kernels.py"), "--script-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"--script-dir {tmp_path}: expected a folder holding train_gpt.py" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "tools/gpu/probe_step_kernels.py"), "--seq-len", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--batch 6 --seq-len 1: expected" in r.stderr
