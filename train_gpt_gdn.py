@@ -1408,9 +1408,12 @@ class GradSum:
                 p.grad = torch.zeros_like(p)
 
     def backward(self, loss: Tensor, first: bool) -> None:
-        grads = torch.autograd.grad(loss, self.params)
+        # (allow_unused: a parameter outside the graph, e.g. the empty skip_weights of NUM_LAYERS=1, keeps its zeros)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
         for p, g in zip(self.params, grads):  # one launch per dtype needs same-dtype lists
+            if g is None:
+                continue
             dst, src = by_dtype.setdefault(p.grad.dtype, ([], []))
             dst.append(p.grad)
             src.append(g)

@@ -505,3 +505,15 @@ def test_grad_sum_matches_backward(clean_env, monkeypatch, script):
         grad_sum.backward(model(x, y) / 3, first=i == 0)
     for n, p in model.named_parameters():
         assert p.grad.dtype == p.dtype and torch.equal(p.grad, want[n]), n
+
+
+def test_grad_sum_leaves_unused_parameters_alone(clean_env, monkeypatch):
+    """NUM_LAYERS=1 has an empty skip_weights outside the graph: GradSum runs (allow_unused) and its grad stays
+    as allocated, as `.backward()` leaves an unused parameter's grad."""
+    torch.manual_seed(0)
+    _, model = build(BASE, monkeypatch, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2, NUM_LAYERS=1)
+    grad_sum = BASE.GradSum(model.parameters())
+    x = torch.randint(0, 1024, (2, 16))
+    grad_sum.backward(model(x, x), first=True)
+    assert model.skip_weights.numel() == 0 and model.skip_weights.grad is not None
+    assert model.tok_emb.weight.grad.abs().sum() > 0
