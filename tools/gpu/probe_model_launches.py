@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.gpu.cuda_model import training_model_on_cuda  # noqa: E402
 from tools.inductor_code import launch_name, launches  # noqa: E402
 
 
@@ -30,12 +31,8 @@ def main() -> int:
         sys.exit("probe_model_launches: needs a CUDA device (the generated code differs on the CPU)")
     from torch._inductor.utils import run_and_get_code
     mod = importlib.import_module(a.script)
-    args, dev = mod.Hyperparameters(), torch.device("cuda")
-    for line in mod.prepare_mixers(args, dev) + [mod.configure_attention(args, dev)]:
-        print(line)
-    torch.manual_seed(0)
-    model = mod.GPT(args).to(dev)
-    model.tok_emb.to(torch.bfloat16)  # as training does on CUDA
+    args, model = training_model_on_cuda(mod)
+    dev = torch.device("cuda")
     x = torch.randint(0, args.vocab_size, (a.batch, a.seq_len), device=dev)
     y = torch.randint(0, args.vocab_size, (a.batch, a.seq_len), device=dev)
 

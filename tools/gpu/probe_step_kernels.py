@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.gpu.cuda_model import training_model_on_cuda  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,12 +39,8 @@ def main() -> int:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[a.script] = mod  # (torch.compile resolves the module's globals through it)
     spec.loader.exec_module(mod)
-    args, dev = mod.Hyperparameters(), torch.device("cuda")
-    for line in mod.prepare_mixers(args, dev) + [mod.configure_attention(args, dev)]:
-        print(line)
-    torch.manual_seed(0)
-    model = mod.GPT(args).to(dev)
-    model.tok_emb.to(torch.bfloat16)  # as training does on CUDA
+    args, model = training_model_on_cuda(mod)
+    dev = torch.device("cuda")
     compiled = torch.compile(model, dynamic=False)
     optimizers = mod.build_optimizers(model, args, fused=True)
     grad_sum = mod.GradSum(model.parameters()) if hasattr(mod, "GradSum") else None
