@@ -793,7 +793,7 @@ def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float, max_wallc
 class GradSum:
     """Sums the micro-steps' gradients into each parameter's .grad (kept allocated) with a few foreach launches
     per micro-step: torch.autograd.grad, then one copy (first micro-step) or add per dtype. `.backward()` would
-    launch AccumulateGrad's add once per parameter and micro-step instead (~740 per baseline step, ~1,200 for
+    launch AccumulateGrad's add once per parameter and micro-step instead (736 per baseline step, 1,184 for
     the hybrid: PERF_NOTES v17). The same fp32 sums in the same order. Not under DDP, whose all-reduce hooks
     ride on AccumulateGrad."""
 

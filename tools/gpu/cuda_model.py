@@ -1,6 +1,20 @@
-"""The GPU probes' common start: a training script's model on CUDA as its training sets it up (mixers prepared,
-attention backend chosen, embedding in bf16), with the setup's log lines printed."""
+"""The GPU probes' common start: a training script imported from its file (any version's copy), and its model on
+CUDA as its training sets it up (mixers prepared, attention backend chosen, embedding in bf16), with the setup's
+log lines printed."""
+import importlib.util
+import sys
+
 import torch
+
+
+def load_script_file(path, name: str):
+    """The training script at `path` imported as module `name` (registered in sys.modules: torch.compile resolves
+    the module's globals through it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def training_model_on_cuda(mod, seed: int = 0):

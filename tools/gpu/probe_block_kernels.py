@@ -6,7 +6,6 @@ v16) and which activations a change keeps out of the saved set.
 
     python3 tools/gpu/probe_block_kernels.py [SCRIPT.py ...]   # default: train_gpt.py; on a CUDA machine
 """
-import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.gpu.cuda_model import load_script_file  # noqa: E402
 from tools.inductor_code import launch_name, launches  # noqa: E402
 
 scripts = sys.argv[1:] or [str(Path(__file__).resolve().parents[2] / "train_gpt.py")]
@@ -28,9 +28,7 @@ if not torch.cuda.is_available():
 print("torch", torch.__version__, "card", torch.cuda.get_device_name())
 
 for n, path in enumerate(scripts):
-    spec = importlib.util.spec_from_file_location(f"probe_script_{n}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script_file(path, f"probe_script_{n}")
     args = mod.Hyperparameters()
     print("==", path, mod.configure_attention(args, torch.device("cuda")))
     torch._dynamo.reset()

@@ -8,7 +8,6 @@ inductor's mix-order reductions, and GradSum's step launches ~620 fewer kernels.
     python3 tools/gpu/probe_step_kernels.py [--script-dir .] [--script train_gpt] [--batch 6] [--seq-len 8192]
 """
 import argparse
-import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.gpu.cuda_model import training_model_on_cuda  # noqa: E402
+from tools.gpu.cuda_model import load_script_file, training_model_on_cuda  # noqa: E402
 
 
 def main() -> int:
@@ -35,10 +34,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         sys.exit("probe_step_kernels: needs a CUDA device (the step's kernels differ on the CPU)")
     from torch.profiler import ProfilerActivity, profile
-    spec = importlib.util.spec_from_file_location(a.script, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[a.script] = mod  # (torch.compile resolves the module's globals through it)
-    spec.loader.exec_module(mod)
+    mod = load_script_file(path, a.script)
     args, model = training_model_on_cuda(mod)
     dev = torch.device("cuda")
     compiled = torch.compile(model, dynamic=False)
