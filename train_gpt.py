@@ -120,6 +120,7 @@ class Hyperparameters:
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
+        self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -149,12 +150,19 @@ class Hyperparameters:
         # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
         # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
         self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
+        # 1: the MLP keeps fc's output, not relu^2 of it, for the backward (ReluSquaredLinear): one MLP-wide tensor
+        # less per layer for one more elementwise pass. auto (baseline): on above 49152 tokens per micro-batch (the
+        # 32k presets' 65536), where the baseline's peak would exceed the original's (PERF_NOTES v18).
+        self.mlp_recompute = env_choice("MLP_RECOMPUTE", d.get("MLP_RECOMPUTE", "auto"), ("auto", "0", "1"))
         # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
         # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
         self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
+        """Check the batch shape and resolve MLP_RECOMPUTE=auto from it."""
+        if self.mlp_recompute == "auto":
+            self.mlp_recompute = "1" if self.train_batch_tokens // (world_size * grad_accum_steps) > 49152 else "0"
         per = world_size * grad_accum_steps * self.train_seq_len
         if self.train_batch_tokens % per != 0:
             raise ConfigError(
@@ -633,21 +641,44 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+class ReluSquaredLinear(torch.autograd.Function):
+    """relu(h)^2 W^T that keeps h, not relu(h)^2, for the backward and recomputes relu(h)^2 there for W's gradient
+    (MLP_RECOMPUTE=1): one MLP-wide tensor less per layer, same values as autograd's. The recompute is spelled
+    clamp_min / multiply: spelled as the forward, torch.compile's CSE would merge it back into the saved tensor."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(h, w)
+        return F.linear(F.relu(h).square(), w)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor]:
+        h, w = ctx.saved_tensors
+        r = h.clamp_min(0)
+        dh = (dy @ w) * (2 * r)
+        dw = dy.reshape(-1, dy.size(-1)).t() @ (r * r).reshape(-1, r.size(-1))
+        return dh, dw
+
+
 class MLP(nn.Module):
-    def __init__(self, dim: int, mult: int):
+    def __init__(self, dim: int, mult: int, recompute: bool = False):
         super().__init__()
         self.fc = CastedLinear(dim, mult * dim)
         self.proj = CastedLinear(mult * dim, dim, zero_init=True)
+        self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        h = self.fc(x)
+        if self.recompute:
+            return ReluSquaredLinear.apply(h, self.proj.weight.to(h.dtype))
+        return self.proj(F.relu(h).square())
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int):
+    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int, mlp_recompute: bool = False):
         super().__init__()
         self.mixer = mixer
-        self.mlp = MLP(dim, mlp_mult)
+        self.mlp = MLP(dim, mlp_mult, mlp_recompute)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
@@ -672,7 +703,8 @@ class GPT(nn.Module):
         self.num_encoder = args.num_layers // 2
         self.num_decoder = args.num_layers - self.num_encoder
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, self.num_decoder), dim))
-        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult) for i in range(args.num_layers)])
+        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult, args.mlp_recompute == "1")
+                                     for i in range(args.num_layers)])
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
         x = rms_norm(self.tok_emb(input_ids))
@@ -886,7 +918,8 @@ def main() -> None:
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
-        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs}")
+        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs} "
+        f"mlp_recompute:{args.mlp_recompute}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

@@ -42,6 +42,7 @@ SCRIPT_DEFAULTS = {
     "MODEL_DIM": 448,
     "WARMDOWN_ITERS": 300,
     "GDN_LAYERS": "0,1,2,4,5,6,8",
+    "MLP_RECOMPUTE": "1",  # pays for GDN_SAVE_WV's w and v_new (PERF_NOTES v18)
 }
 
 # -----------------------------------------------------------------------------
@@ -125,6 +126,7 @@ class Hyperparameters:
         self.gdn_conv_size = env_int("GDN_CONV_SIZE", 4, 1, 64)
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
+        self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -154,12 +156,19 @@ class Hyperparameters:
         # torch.compile's activation memory budget (1 = save what its default partitioner saves; lower values
         # recompute cheap ops in the backward instead of keeping their outputs: less memory, same math).
         self.compile_memory_budget = env_float("COMPILE_MEMORY_BUDGET", 1.0, 0.0, 1.0)
+        # 1: the MLP keeps fc's output, not relu^2 of it, for the backward (ReluSquaredLinear): one MLP-wide tensor
+        # less per layer for one more elementwise pass. auto (baseline): on above 49152 tokens per micro-batch (the
+        # 32k presets' 65536), where the baseline's peak would exceed the original's (PERF_NOTES v18).
+        self.mlp_recompute = env_choice("MLP_RECOMPUTE", d.get("MLP_RECOMPUTE", "auto"), ("auto", "0", "1"))
         # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
         # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
         self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
+        """Check the batch shape and resolve MLP_RECOMPUTE=auto from it."""
+        if self.mlp_recompute == "auto":
+            self.mlp_recompute = "1" if self.train_batch_tokens // (world_size * grad_accum_steps) > 49152 else "0"
         per = world_size * grad_accum_steps * self.train_seq_len
         if self.train_batch_tokens % per != 0:
             raise ConfigError(
@@ -638,21 +647,44 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+class ReluSquaredLinear(torch.autograd.Function):
+    """relu(h)^2 W^T that keeps h, not relu(h)^2, for the backward and recomputes relu(h)^2 there for W's gradient
+    (MLP_RECOMPUTE=1): one MLP-wide tensor less per layer, same values as autograd's. The recompute is spelled
+    clamp_min / multiply: spelled as the forward, torch.compile's CSE would merge it back into the saved tensor."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(h, w)
+        return F.linear(F.relu(h).square(), w)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor]:
+        h, w = ctx.saved_tensors
+        r = h.clamp_min(0)
+        dh = (dy @ w) * (2 * r)
+        dw = dy.reshape(-1, dy.size(-1)).t() @ (r * r).reshape(-1, r.size(-1))
+        return dh, dw
+
+
 class MLP(nn.Module):
-    def __init__(self, dim: int, mult: int):
+    def __init__(self, dim: int, mult: int, recompute: bool = False):
         super().__init__()
         self.fc = CastedLinear(dim, mult * dim)
         self.proj = CastedLinear(mult * dim, dim, zero_init=True)
+        self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        h = self.fc(x)
+        if self.recompute:
+            return ReluSquaredLinear.apply(h, self.proj.weight.to(h.dtype))
+        return self.proj(F.relu(h).square())
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int):
+    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int, mlp_recompute: bool = False):
         super().__init__()
         self.mixer = mixer
-        self.mlp = MLP(dim, mlp_mult)
+        self.mlp = MLP(dim, mlp_mult, mlp_recompute)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
@@ -677,7 +709,8 @@ class GPT(nn.Module):
         self.num_encoder = args.num_layers // 2
         self.num_decoder = args.num_layers - self.num_encoder
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, self.num_decoder), dim))
-        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult) for i in range(args.num_layers)])
+        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult, args.mlp_recompute == "1")
+                                     for i in range(args.num_layers)])
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
         x = rms_norm(self.tok_emb(input_ids))
@@ -905,8 +938,9 @@ def register_fla_gdn_state_op() -> str | None:
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
     recurrence (latency-bound: ~5% of the hybrid's 32k step). The backward runs FLA's backward
     kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from build_v_new_kernel instead
-    of that pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). Returns None when
-    registered (as GDN_STATE_OP), else why not."""
+    of that pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it
+    also keeps the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u
+    recompute and our v_new kernel (v18). Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -936,27 +970,29 @@ def register_fla_gdn_state_op() -> str | None:
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_fwd_state", mutates_args=())
     def fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
         w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
         h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
                                                    output_final_state=False, chunk_size=C)
         o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
-        return o.to(q.dtype), A, g_cum, h
+        return o.to(q.dtype), A, g_cum, h, w, v_new
 
     @fwd.register_fake
     def _(q, k, v, g, beta, scale):
         B, T, H, K = k.shape
         return (v.new_empty(B, T, H, v.size(-1), dtype=q.dtype), k.new_empty(B, T, H, C),
-                g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)))
+                g.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, -(-T // C), H, K, v.size(-1)),
+                k.new_empty(B, T, H, K), v.new_empty(B, T, H, v.size(-1)))
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_bwd_state", mutates_args=())
-    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, do: Tensor,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, w: Tensor | None,
+            v_new: Tensor | None, do: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
-        w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
-        v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence
+        if w is None or v_new is None:  # GDN_SAVE_WV=0: recompute them
+            w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
+            v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence
         dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
         dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
                                                    scale=scale, chunk_size=C)
@@ -969,19 +1005,21 @@ def register_fla_gdn_state_op() -> str | None:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype)
 
     @bwd.register_fake
-    def _(q, k, v, g_cum, beta, A, h, do, scale):
+    def _(q, k, v, g_cum, beta, A, h, w, v_new, do, scale):
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
                 torch.empty_like(beta))
 
     def setup_context(ctx, inputs, output):
         q, k, v, g, beta, scale = inputs
-        _, A, g_cum, h = output
-        ctx.save_for_backward(q, k, v, g_cum, beta, A, h)
+        _, A, g_cum, h, w, v_new = output
+        ctx.keep_wv = GDN_SAVE_WV
+        ctx.save_for_backward(q, k, v, g_cum, beta, A, h, *((w, v_new) if ctx.keep_wv else ()))
         ctx.scale = scale
 
-    def backward(ctx, do, dA, dg_cum, dh):
-        q, k, v, g_cum, beta, A, h = ctx.saved_tensors
-        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, do, ctx.scale)
+    def backward(ctx, do, dA, dg_cum, dh, dw, dv_new):
+        q, k, v, g_cum, beta, A, h, *wv = ctx.saved_tensors
+        w, v_new = wv if ctx.keep_wv else (None, None)
+        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, w, v_new, do, ctx.scale)
         return dq, dk, dv, dg, db, None
 
     fwd.register_autograd(backward, setup_context=setup_context)
@@ -990,6 +1028,7 @@ def register_fla_gdn_state_op() -> str | None:
 
 
 GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
+GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
 
 
 def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
@@ -1244,7 +1283,8 @@ def triton_breaks_hopper_gdn(device: torch.device) -> str | None:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
-    global GDN_OP
+    global GDN_OP, GDN_SAVE_WV
+    GDN_SAVE_WV = False
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1279,9 +1319,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                 f" (public op, graph breaks: custom op not registered: {why})"
             if args.gdn_save_state != "0":  # auto: on where it registers (v12: 0.93x/0.96x steps at 8k/32k)
                 why = register_fla_gdn_state_op()
-                if why is None:
-                    GDN_OP = GDN_STATE_OP
+                if why is None:  # GDN_SAVE_WV auto: on with the state op (v18: 0.96x at 16k)
+                    GDN_OP, GDN_SAVE_WV = GDN_STATE_OP, args.gdn_save_wv != "0"
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
+                    note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1293,6 +1334,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"
+    if args.gdn_save_wv == "1" and not GDN_SAVE_WV:
+        raise ConfigError(f"GDN_SAVE_WV=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels), "
+                          f"but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
+                          f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"
@@ -1490,7 +1535,8 @@ def main() -> None:
     log(f"val_loader:shards pattern={val_pattern} tokens:{val_tokens.numel() - 1}")
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
-        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs}")
+        f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs} "
+        f"mlp_recompute:{args.mlp_recompute}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

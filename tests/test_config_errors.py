@@ -90,6 +90,9 @@ CASES = {
     "gdn_save_state_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_STATE="1"), good,
                                    ["GDN_SAVE_STATE=1", "FLA", "GDN_IMPL=auto", "GDN_SAVE_STATE=0"]),
     "gdn_save_state_unknown": ("train_gpt_gdn", dict(GDN_SAVE_STATE="yes"), good, ["GDN_SAVE_STATE"]),
+    "gdn_save_wv_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_WV="1"), good,
+                                ["GDN_SAVE_WV=1", "state-saving op", "GDN_SAVE_WV=0 or auto"]),
+    "mlp_recompute_unknown": ("train_gpt", dict(MLP_RECOMPUTE="yes"), good, ["MLP_RECOMPUTE"]),
     "gdn_layers_on_baseline": ("train_gpt", dict(GDN_LAYERS="0,1"), good, ["GDN_LAYERS", "train_gpt_gdn.py"]),
 }
 

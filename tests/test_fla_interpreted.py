@@ -1,6 +1,7 @@
 """The hybrid's two FLA custom ops with fla-core 0.6.0's real Triton kernels, on the CPU under Triton's interpreter
 (fla-core and triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess): FLA's own op (register_fla_gdn_op)
-and the state-saving op (GDN_SAVE_STATE, the training default; also traced as one graph), outputs and the gradients
+and the state-saving op (GDN_SAVE_STATE, the training default; also traced as one graph; with GDN_SAVE_WV's w and
+v_new kept, the same numbers), outputs and the gradients
 of q, k, v, g, beta in fp32, against our chunked PyTorch form; then the whole GDN layer with impl=fla (our conv op
 too) against impl=torch, for each op. The stand-in tests in test_gdn.py check the ops' wiring; this one checks that
 the wiring matches what FLA's kernels compute. Two interpreter-only adjustments, not in any code that trains:
@@ -68,6 +69,12 @@ CHECK = textwrap.dedent("""
     # one graph (the op's fake shapes must trace), as the whole-model compile runs it
     got["state op, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0], fullgraph=True,
                                                    backend="aot_eager"))
+    gdn.GDN_SAVE_WV = True  # w and v_new kept from the forward (GDN_SAVE_WV): the same numbers as recomputed
+    got["state op, w/v_new kept"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    got["state op, w/v_new kept, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
+                                                                 fullgraph=True, backend="aot_eager"))
+    gdn.GDN_SAVE_WV = False
+    assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
     for name, outs in got.items():
         errs = [rel(a, b) for a, b in zip(outs, ref)]
         print(name, " ".join(f"{n}:{e:.1e}" for n, e in zip(("o", "dq", "dk", "dv", "dg", "dbeta"), errs)))

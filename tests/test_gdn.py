@@ -388,6 +388,21 @@ def test_gdn_save_state_selection_on_fla_host(clean_env, setting):
     assert ("chunk states saved for the backward" in lines[2]) == (setting != "0")
 
 
+@pytest.mark.parametrize("state,wv,kept", [("auto", "auto", True), ("auto", "1", True), ("auto", "0", False),
+                                            ("0", "auto", False)])
+def test_gdn_save_wv_selection_on_fla_host(clean_env, state, wv, kept):
+    """GDN_SAVE_WV: auto (the default) and 1 keep w and v_new where the state-saving op runs; 0 or no state op
+    (GDN_SAVE_STATE=0) recompute them; the GDN line says which. 1 without the state op is refused."""
+    fake_fla_host(clean_env, None)
+    args = small_args(clean_env, GDN_SAVE_STATE=state, GDN_SAVE_WV=wv)
+    lines = gdn.prepare_mixers(args, torch.device("cuda"))
+    assert gdn.GDN_SAVE_WV is kept
+    assert ("w and v_new saved too" in lines[2]) == kept
+    with pytest.raises(gdn.ConfigError, match="GDN_SAVE_WV=1: needs the state-saving op.*GDN_SAVE_STATE=0"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="0", GDN_SAVE_WV="1"), torch.device("cuda"))
+    assert gdn.GDN_SAVE_WV is False
+
+
 def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
     plain, _ = fake_fla_host(clean_env, "FLA changed")
     lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
@@ -481,6 +496,20 @@ assert calls[5][1]["reverse"] is True
 grads = [t.grad for t in leaves]
 for got, want in zip(grads, (1.0, 12.0, 20.0, 88.0, 30.0)):  # dq, dk + dk2, dv (wy), 2 (dg + dg2), db
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+
+gdn.GDN_SAVE_WV = True  # GDN_SAVE_WV: the backward takes the forward's w and v_new, no recompute
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+calls.clear()
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+w_fwd, v_new_fwd = calls[1][2][0], calls[2][2][1]  # intra's w, fwd_h's v_new (5 everywhere: not u - w h)
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "dhu", "dqkwg", "wy_bwd", "cumsum"], names  # no w/u recompute
+assert torch.equal(calls[1][1]["w"], w_fwd)
+assert torch.equal(calls[2][1]["w"], w_fwd) and torch.equal(calls[2][1]["v"], v_new_fwd)
+for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
+    assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 print("ok")
 '''
 
@@ -489,7 +518,8 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     """GDN_SAVE_STATE=1: the forward runs FLA's forward functions in FLA's order and returns the chunk states; the
     backward runs FLA's backward functions in chunk_gated_delta_rule_bwd's order without a second state pass,
     feeding chunk_bwd_dqkwg the forward's states and v_new = u - w h from them; gradients come back in place
-    (stand-ins for FLA's functions with fixed outputs, so each gradient names its source)."""
+    (stand-ins for FLA's functions with fixed outputs, so each gradient names its source). With GDN_SAVE_WV the
+    backward skips the w/u recompute and takes the forward's w and v_new."""
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

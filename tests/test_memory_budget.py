@@ -5,6 +5,7 @@ gradients (tools/check_compile.py applies the script's budget)."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -29,3 +30,49 @@ def test_lower_budget_saves_less_and_keeps_the_math(clean_env, script, extra):
     rows = check_compile.check(script, seq_len=64, batch=2, dev=torch.device("cpu"))
     for name, what, e_comp, e_eager, limit in rows:
         assert e_comp <= 1e-4, (name, what, e_comp)
+
+
+@pytest.mark.parametrize("script,extra", [("train_gpt", {}), ("train_gpt_gdn", dict(GDN_LAYERS="0,2"))])
+def test_mlp_recompute_saves_relu2_and_keeps_the_math(clean_env, script, extra):
+    """MLP_RECOMPUTE=1 (ReluSquaredLinear): the compiled model saves one (tokens, hidden) bf16 tensor less per
+    layer (relu^2 of fc's output; compile's CSE must not merge the backward's recompute back into it), and gives
+    the plain MLP's loss and gradients: bitwise in eager (same operations), within 1e-4 of eager compiled."""
+    for k, v in {**TINY, **extra}.items():
+        clean_env.setenv(k, v)
+    saved = {}
+    for flag in ("0", "1"):
+        clean_env.setenv("MLP_RECOMPUTE", flag)
+        saved[flag], _ = saved_activations.saved_bytes(script, batch=2, seq_len=64, budget=1.0)
+    relu2 = int(TINY["NUM_LAYERS"]) * 2 * 64 * 2 * int(TINY["MODEL_DIM"]) * 2  # layers x tokens x hidden x bf16
+    assert saved["0"] - saved["1"] >= relu2, (saved, relu2)
+    mod = importlib.import_module(script)
+    grads = {}
+    for flag in ("0", "1"):
+        clean_env.setenv("MLP_RECOMPUTE", flag)
+        args = mod.Hyperparameters()
+        torch.manual_seed(0)
+        model = mod.GPT(args)
+        for blk in model.blocks:  # zero-init projections would make every MLP gradient but proj's zero
+            torch.nn.init.normal_(blk.mlp.proj.weight, std=0.05)
+        assert all(blk.mlp.recompute is (flag == "1") for blk in model.blocks)
+        x = torch.randint(0, args.vocab_size, (2, 64))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, x)
+        loss.backward()
+        grads[flag] = [loss.detach()] + [p.grad for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(grads["0"], grads["1"]))
+    rows = check_compile.check(script, seq_len=64, batch=2, dev=torch.device("cpu"))  # MLP_RECOMPUTE=1 still set
+    for name, what, e_comp, e_eager, limit in rows:
+        assert e_comp <= 1e-4, (name, what, e_comp)
+
+
+@pytest.mark.parametrize("script,tokens,seq,want", [("train_gpt", 393216, 8192, "0"), ("train_gpt", 524288, 32768, "1"),
+                                                    ("train_gpt_gdn", 393216, 8192, "1")])
+def test_mlp_recompute_auto(clean_env, script, tokens, seq, want):
+    """auto (the baseline's default): on above 49152 tokens per micro-batch, as the 32k presets' 65536; the hybrid
+    defaults to 1 (it pays for GDN_SAVE_WV's memory)."""
+    clean_env.setenv("TRAIN_BATCH_TOKENS", str(tokens))
+    clean_env.setenv("TRAIN_SEQ_LEN", str(seq))
+    args = importlib.import_module(script).Hyperparameters()
+    args.check_batch(1, 8)
+    assert args.mlp_recompute == want

@@ -16,7 +16,7 @@ GDN_SECTION = {"parse_gdn_layers", "gdn_dims", "l2_normalize", "gated_delta_rule
                "fla_gated_delta_rule_public", "register_fla_gdn_op", "GDN_OP", "build_conv_kernels",
                "register_conv_op", "CONV_OP", "conv1d_silu", "causal_conv1d_silu", "GatedDeltaNet",
                "triton_breaks_hopper_gdn", "build_v_new_kernel", "register_fla_gdn_state_op",
-               "GDN_STATE_OP", "fla_signature_problem"}
+               "GDN_STATE_OP", "GDN_SAVE_WV", "fla_signature_problem"}
 
 
 def top_level(path):
@@ -74,7 +74,7 @@ def test_order_of_shared_definitions():
 
 def test_script_defaults():
     b, h = load_script("train_gpt").SCRIPT_DEFAULTS, load_script("train_gpt_gdn").SCRIPT_DEFAULTS
-    assert set(h) - set(b) == {"GDN_LAYERS"} and set(b) <= set(h)
+    assert set(h) - set(b) == {"GDN_LAYERS", "MLP_RECOMPUTE"} and set(b) <= set(h)
     assert b["MODEL_KIND"] == "baseline" and h["MODEL_KIND"] == "hybrid"
 
 

@@ -42,6 +42,8 @@ def test_positive_ints():
     ("bench_conv_kernels.py", ["--old", ".", "--shapes", "6x8192x336", "--x-row-width", "100"],
      "--x-row-width 100: expected 0 or a width >= every shape's D"),
     ("step_timing.py", [str(REPO / "train_gpt.py"), "--skip", "-1"], "--skip -1: expected >= 0"),
+    ("gpu/bench_attention_split.py", ["--chunks", "2,x"], "--chunks '2,x'"),
+    ("gpu/bench_attention_split.py", ["--iters", "0"], "--iters 0"),
 ])
 def test_bad_option_is_refused(tool, args, message):
     r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,

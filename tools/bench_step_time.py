@@ -83,7 +83,8 @@ def model_flops_per_token(model: str, seq_len: int) -> float:
 def gdn_path(gdn_line: str) -> str:
     """The GDN implementation a run logged (its `gdn_impl:` line): torch, fla-op (FLA's GDN as our custom op: one
     compiled graph) or fla-public (FLA's public op: graph breaks), plus +conv-op where the conv ran as our
-    custom op (v3: FLA's conv kernels; v4 on: our Triton kernels) and +saved-state with GDN_SAVE_STATE=1."""
+    custom op (v3: FLA's conv kernels; v4 on: our Triton kernels), +saved-state with GDN_SAVE_STATE and +saved-wv
+    with GDN_SAVE_WV (v18)."""
     if not gdn_line:
         return "-"
     gdn = gdn_line.split(":", 1)[1].split()[0]
@@ -91,6 +92,7 @@ def gdn_path(gdn_line: str) -> str:
         gdn += "-op" if "as one torch custom op" in gdn_line else "-public"
         gdn += "+conv-op" if re.search(r"conv: .* as a torch custom op", gdn_line) else ""
         gdn += "+saved-state" if "chunk states saved for the backward" in gdn_line else ""
+        gdn += "+saved-wv" if "w and v_new saved too" in gdn_line else ""
     return gdn
 
 

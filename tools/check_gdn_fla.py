@@ -1,9 +1,9 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through our custom op (FLA's forward/backward functions, traceable by torch.compile), the state-saving op
-of GDN_SAVE_STATE (also against our custom op) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
-against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch
-(same weights, bf16 autocast).
+of GDN_SAVE_STATE (also against our custom op; with GDN_SAVE_WV's kept w and v_new against itself) and FLA's
+public op; our Triton causal conv1d + SiLU (custom op) against our fp32 form; then the whole GatedDeltaNet layer
+with impl=fla, eager and compiled, against impl=torch (same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -90,17 +90,26 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     rows = []
     by_path = {}
     # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE, FLA's public op
-    for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("public", None)):
-        if path == "state-op" and use is None:
+    # (and the state-saving op keeping w and v_new too, GDN_SAVE_WV=1), FLA's public op
+    for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-op-wv", gdn.GDN_STATE_OP),
+                      ("public", None)):
+        if path.startswith("state-op") and use is None:
             continue
-        with gdn_op(use):
-            o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
+        kept, gdn.GDN_SAVE_WV = gdn.GDN_SAVE_WV, path == "state-op-wv"
+        try:
+            with gdn_op(use):
+                o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
+        finally:
+            gdn.GDN_SAVE_WV = kept
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
     if "state-op" in by_path:  # the same kernels but for v_new from the saved states: bf16 rounding apart at most
         (o_s, g_s), (o_o, g_o) = by_path["state-op"], by_path["op"]
         rows += [("fla state-op vs op", "o", rel(o_s, o_o), TOL_SAME)]
         rows += [("fla state-op vs op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_s, g_o)]
+        (o_w, g_w) = by_path["state-op-wv"]  # w and v_new from the forward instead of recomputed
+        rows += [("fla state-op-wv vs state-op", "o", rel(o_w, o_s), 0.0)]
+        rows += [("fla state-op-wv vs state-op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_w, g_s)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
