@@ -18,7 +18,8 @@ def load_script_file(path, name: str):
 
 
 def training_model_on_cuda(mod, seed: int = 0):
-    """(args, model) of the imported script `mod`, on the current CUDA device."""
+    """(args, model) of the imported script `mod`, on the current CUDA device. MLP_RECOMPUTE=auto stays unresolved
+    (off): training resolves it from the micro-batch size, which the probes choose themselves; set it to 0 or 1."""
     args, dev = mod.Hyperparameters(), torch.device("cuda")
     for line in mod.prepare_mixers(args, dev) + [mod.configure_attention(args, dev)]:
         print(line)
