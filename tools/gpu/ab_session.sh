@@ -6,7 +6,8 @@
 # that a session longer than one device call can run under setsid nohup and be collected by a later call.
 # Usage: bash tools/gpu/ab_session.sh OUT_DIR ITEM...
 #   e.g. ITEMs hybrid:8192:new  hybrid:8192:old:.bench_old  baseline:8192:mb08:.:COMPILE_MEMORY_BUDGET=0.8
-#   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) STEPS (5) TOKENIZER_PATH
+#   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) TOKENIZER_PATH
+#        STEPS (7; ms/step is the median of the step deltas after step 3: 5 steps give only two)
 #        REPEAT (1: rounds over the items, every second round in reverse order, for A/B on a drifting card)
 #        DATA_PATH (generated if absent) BATCH_TOKENS (the presets; set only for CPU smoke runs)
 #   Each label compiles into its own inductor cache under BENCH_WORKDIR (versions never share compiled graphs).
@@ -50,7 +51,7 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   local cache="$BENCH_WORKDIR/inductor_cache/$label"
   mkdir -p "$cache"
   env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" \
-    --data "$DATA" --steps "${STEPS:-5}" --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" \
+    --data "$DATA" --steps "${STEPS:-7}" --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" \
     --seq-lens "$seq" --script-dir "${dir:-.}" --label "$label" \
     ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
