@@ -93,6 +93,7 @@ CASES = {
     "gdn_save_wv_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_WV="1"), good,
                                 ["GDN_SAVE_WV=1", "state-saving op", "GDN_SAVE_WV=0 or auto"]),
     "mlp_recompute_unknown": ("train_gpt", dict(MLP_RECOMPUTE="yes"), good, ["MLP_RECOMPUTE"]),
+    "gdn_save_wv_unknown": ("train_gpt_gdn", dict(GDN_SAVE_WV="yes"), good, ["GDN_SAVE_WV"]),
     "gdn_layers_on_baseline": ("train_gpt", dict(GDN_LAYERS="0,1"), good, ["GDN_LAYERS", "train_gpt_gdn.py"]),
 }
 

@@ -481,7 +481,7 @@ def test_split_linear_under_autocast(compiled):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_grad_sum_matches_backward(clean_env, monkeypatch, script):
     """GradSum's foreach copy/adds give each parameter the same gradient, to the bit, as `.backward()`
-    accumulating over the micro-steps, every parameter included (autograd.grad raises on an unused one); its first
+    accumulating over the micro-steps, every parameter included (each gradient checked non-zero); its first
     micro-step overwrites the previous step's sums (no zero_grad in the loop)."""
     mod = load_script(script)
     env = dict(MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2, NUM_LAYERS=4)
