@@ -163,6 +163,9 @@ class Hyperparameters:
         # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
         # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
         self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
+        # Enqueue the next step's forward/backward before waiting for this step's loss and time (they do not depend
+        # on its learning rate), so the GPU does not idle at the step boundary. auto = on for one CUDA process.
+        self.step_overlap = env_choice("STEP_OVERLAP", "auto", ("auto", "0", "1"))
         self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
@@ -1488,6 +1491,9 @@ def main() -> None:
     if cuda_graphs and not graphs_ok:
         raise ConfigError(f"CUDA_GRAPHS=1: needs CUDA, COMPILE on and one process (device:{device.type} "
                           f"COMPILE={args.compile} WORLD_SIZE={world_size}); use CUDA_GRAPHS=auto or 0")
+    step_overlap = (use_cuda and not distributed) if args.step_overlap == "auto" else args.step_overlap == "1"
+    if step_overlap and distributed:  # the cap's all-reduce would wait on the step enqueued ahead
+        raise ConfigError(f"STEP_OVERLAP=1: needs one process (WORLD_SIZE={world_size}); use STEP_OVERLAP=auto or 0")
     mixer_lines = prepare_mixers(args, device)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
     train_files = list_shards(os.path.join(args.data_path, "*_train_*.bin"), "train")
@@ -1536,7 +1542,7 @@ def main() -> None:
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
         f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs} "
-        f"mlp_recompute:{args.mlp_recompute}")
+        f"mlp_recompute:{args.mlp_recompute} step_overlap:{int(step_overlap)}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
@@ -1556,7 +1562,8 @@ def main() -> None:
         if use_cuda:
             torch.cuda.synchronize(device)
 
-    def train_step(step: int, lr_scale: float) -> Tensor:
+    def accumulate() -> Tensor:
+        """Enqueue one step's micro-steps (forward and backward); returns its mean loss, not synced."""
         if grad_sum is None:  # (GradSum overwrites the grads in its first micro-step)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -1576,6 +1583,10 @@ def main() -> None:
                     grad_sum.backward(loss / grad_accum_steps, first=micro == 0)
         if distributed:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return total / grad_accum_steps
+
+    def apply(step: int, lr_scale: float) -> None:
+        """Enqueue the optimiser step on the accumulated gradients."""
         frac = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps > 0 else 1.0
         momentum = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
         for group in optimizers[1].param_groups:
@@ -1587,14 +1598,14 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
         for opt in optimizers:
             opt.step()
-        return total / grad_accum_steps
 
     # Warm-up: compile and prime kernels on real steps, then restore the exact initial state.
     if args.warmup_steps > 0:
         init_model = copy.deepcopy(base_model.state_dict())
         init_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
         for i in range(args.warmup_steps):
-            train_step(0, 1.0)
+            accumulate()
+            apply(0, 1.0)
             log(f"warmup_step:{i + 1}/{args.warmup_steps}")
         base_model.load_state_dict(init_model)
         for opt, state in zip(optimizers, init_opts):
@@ -1604,8 +1615,22 @@ def main() -> None:
 
     max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
     training_time_ms, step, stop_after_step = 0.0, 0, None
+    # Each step's loss comes back through a pinned buffer and an event, so that reading it does not wait for
+    # the next step's work when STEP_OVERLAP has enqueued that already (`.item()` would drain the stream).
+    loss_host = torch.zeros((), pin_memory=use_cuda)
+    ahead = None  # STEP_OVERLAP: the mean loss of the next step, whose forward/backward are enqueued
+
+    def mark() -> tuple[float, torch.cuda.Event | None]:
+        """Now, and on CUDA an event enqueued now (timed): a step's end is read on the GPU's clock, so the CPU's
+        time spent enqueueing the step ahead (it blocks once CUDA's launch queue is full) is not counted in it."""
+        event = torch.cuda.Event(enable_timing=True) if use_cuda else None
+        if event is not None:
+            event.record()
+        return time.perf_counter(), event
+
     sync()
-    t0 = time.perf_counter()
+    t0, t0_event = mark()  # the GPU is idle: its clock at t0_event is t0
+    approx_ms = 0.0  # train time at the end of the last step: sets the next step's learning rate
     while True:
         last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
         if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
@@ -1615,17 +1640,27 @@ def main() -> None:
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
             sync()
-            t0 = time.perf_counter()
+            t0, t0_event = mark()
+            approx_ms = training_time_ms
         if last_step:
             if stop_after_step is not None and step < args.iterations:
                 log(f"stopping_early: wallclock_cap train_time:{training_time_ms:.0f}ms "
                     f"step:{step}/{args.iterations}")
             break
-        elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        train_loss = train_step(step, lr_multiplier(args, step, elapsed_ms, max_wallclock_ms))
+        train_loss = ahead if ahead is not None else accumulate()
+        apply(step, lr_multiplier(args, step, approx_ms, max_wallclock_ms))
+        loss_host.copy_(train_loss, non_blocking=use_cuda)
+        _, done = mark()
         step += 1
-        loss_value = train_loss.item()  # one sync per step: cheap next to a step, and catches NaN at once
-        approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        # The next step's forward/backward need only the weights this step leaves (stream order): enqueue them
+        # now unless a validation or the end comes first; its learning rate is set after this step's time is read.
+        next_is_val = step == args.iterations or (args.val_loss_every > 0 and step % args.val_loss_every == 0)
+        ahead = accumulate() if step_overlap and not next_is_val else None
+        if done is not None:
+            done.synchronize()  # this step's work only: the GPU goes on with the step enqueued ahead
+        loss_value = loss_host.item()  # one wait per step: cheap next to a step, and catches NaN at once
+        approx_ms = training_time_ms + (t0_event.elapsed_time(done) if done is not None else
+                                        1000.0 * (time.perf_counter() - t0))
         reached_cap = max_wallclock_ms is not None and approx_ms >= max_wallclock_ms
         if distributed and max_wallclock_ms is not None:  # every rank stops at the same step
             flag = torch.tensor(int(reached_cap), device=device)
@@ -1642,6 +1677,10 @@ def main() -> None:
             sys.exit(3)
         if stop_after_step is None and reached_cap:
             stop_after_step = step
+            if ahead is not None:  # the step enqueued ahead is dropped: never applied, its time not counted
+                sync()
+                training_time_ms, ahead = approx_ms, None
+                t0, t0_event = mark()
 
     if use_cuda:
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 2**20} MiB "

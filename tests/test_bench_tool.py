@@ -57,6 +57,7 @@ def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     assert p.version == "v9" and "old" in logs[0].read_text().splitlines()[0]
     text = logs[0].read_text()
     assert " cuda_graphs:False " in text  # from the run's `device:` line (CPU: no graphs)
+    assert " step_overlap:0 " in text  # auto: off on CPU
     share = float(text.split(" cpu_fraction:")[1].split()[0])  # tools/step_timing.py's, over the measured steps
     assert 0 < share <= 1.0
 

@@ -94,6 +94,9 @@ CASES = {
                                 ["GDN_SAVE_WV=1", "state-saving op", "GDN_SAVE_WV=0 or auto"]),
     "mlp_recompute_unknown": ("train_gpt", dict(MLP_RECOMPUTE="yes"), good, ["MLP_RECOMPUTE"]),
     "gdn_save_wv_unknown": ("train_gpt_gdn", dict(GDN_SAVE_WV="yes"), good, ["GDN_SAVE_WV"]),
+    "step_overlap_two_processes": ("train_gpt_gdn", dict(STEP_OVERLAP="1", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0"),
+                                   good, ["STEP_OVERLAP=1", "one process", "WORLD_SIZE=2"]),
+    "step_overlap_unknown": ("train_gpt", dict(STEP_OVERLAP="on"), good, ["STEP_OVERLAP"]),
     "gdn_layers_on_baseline": ("train_gpt", dict(GDN_LAYERS="0,1"), good, ["GDN_LAYERS", "train_gpt_gdn.py"]),
 }
 

@@ -1,10 +1,11 @@
 """Step-time benchmark: runs each training script's real training step (the script itself, as a subprocess:
 same code path as training) for a few steps after its own warm-up, on generated tokens, and reports per
 (model, seq len): ms/step at the study's batch size, tokens/s, model FLOPs utilisation against a stated peak,
-peak memory, the attention and GDN implementations used, whether CUDA graphs ran, and the share of the step the
-CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1 means the step
-waits on its launches). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a
-crossover plot under --out-dir.
+peak memory, the attention and GDN implementations used, whether CUDA graphs and STEP_OVERLAP ran, and the share
+of the step the CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1
+means the step waits on its launches; with STEP_OVERLAP on, the default on one GPU, it reads ~1 whatever binds the
+step). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
+under --out-dir.
 
     python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
 
@@ -130,13 +131,14 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
     gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
     graphs = line_field(text, "device:", "cuda_graphs")  # "-": a script from before CUDA_GRAPHS
+    overlap = line_field(text, "device:", "step_overlap")  # "-": a script from before STEP_OVERLAP
     cpu_fraction = line_field(proc.stdout.splitlines(), "step_timing ", "cpu_fraction")
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
-                torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs,
+                torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs, overlap=overlap,
                 cpu_fraction=cpu_fraction, label=a.label)
 
 
@@ -144,7 +146,8 @@ def probe_line(r: dict) -> str:
     return (f"probe model:{r['model']} seq_len:{r['seq_len']} batch_tokens:{r['batch_tokens']} "
             f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
             f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
-            f" cuda_graphs:{r.get('graphs', '-')} cpu_fraction:{r.get('cpu_fraction', '-')}"
+            f" cuda_graphs:{r.get('graphs', '-')} step_overlap:{r.get('overlap', '-')}"
+            f" cpu_fraction:{r.get('cpu_fraction', '-')}"
             + (f" version:{r['label']}" if r.get("label") else ""))
 
 

@@ -10,7 +10,9 @@ prints one line per step and a summary line
 GPU waits on the launches (fewer launches or CUDA graphs would pay); far below 1 means the step is GPU-bound.
 The enqueue time includes any wait for room in CUDA's launch queue: a GPU-bound step whose work fills the queue
 (CUDA graphs: the CPU runs far ahead) reads 0.75-0.9 too; a profile (tools/profile_script.py) tells them apart by
-its "Command Buffer Full" row (CPU time blocked on a full queue).
+its "Command Buffer Full" row (CPU time blocked on a full queue). With STEP_OVERLAP=1 (the scripts' default on one
+CUDA process) each step's micro-batches are asked for before the step before is waited on, so the CPU waits inside
+every step and cpu_fraction reads ~1 whatever binds it: run with STEP_OVERLAP=0 to see the launch-bound share.
 """
 
 from __future__ import annotations

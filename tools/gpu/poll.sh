@@ -7,6 +7,8 @@ set -u
 if [ $# -lt 2 ] || ! [[ "$2" =~ ^[0-9]+$ ]]; then echo "usage: bash tools/gpu/poll.sh SRC_DIR SECONDS [DONE_FILE] [LOG]" >&2; exit 2; fi
 [ -n "${OUT:-}" ] || { echo "poll.sh: \$OUT is not set (run it inside a device call)" >&2; exit 2; }
 SRC=$1 END=$((SECONDS + $2)) DONE=${3:-ALL.done} LOG=${4:-}
+# a fresh machine (the held one was taken back) has no SRC: say so at once instead of waiting out SECONDS
+[ -d "$SRC" ] || { echo "poll.sh: $SRC does not exist on this machine (a fresh one? the session must be started again)" >&2; exit 3; }
 while :; do
   tar czf "$OUT/results.tgz.tmp" -C "$SRC" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
   [ -f "$SRC/$DONE" ] || [ $((SECONDS + 15)) -ge $END ] && break
