@@ -1003,27 +1003,33 @@ def main() -> None:
     loss_host = torch.zeros((), pin_memory=use_cuda)
     ahead = None  # STEP_OVERLAP: the mean loss of the next step, whose forward/backward are enqueued
 
-    def mark() -> tuple[float, torch.cuda.Event | None]:
-        """Now, and on CUDA an event enqueued now (timed): a step's end is read on the GPU's clock, so the CPU's
-        time spent enqueueing the step ahead (it blocks once CUDA's launch queue is full) is not counted in it."""
+    def gpu_mark() -> torch.cuda.Event | None:
+        """On CUDA, a timed event enqueued now: a step's end is read on the GPU's clock, so the CPU's time spent
+        enqueueing the step ahead (it blocks once CUDA's launch queue is full) is not counted in it."""
         event = torch.cuda.Event(enable_timing=True) if use_cuda else None
         if event is not None:
             event.record()
-        return time.perf_counter(), event
+        return event
 
-    sync()
-    t0, t0_event = mark()  # the GPU is idle: its clock at t0_event is t0
+    def start_clock() -> tuple[float, torch.cuda.Event | None]:
+        """A train-time segment starts: the GPU drained, so its clock at the event is the wall clock now."""
+        sync()
+        return time.perf_counter(), gpu_mark()
+
+    def val_due(s: int) -> bool:  # a validation (or the end) comes before training step s+1
+        return s == args.iterations or (args.val_loss_every > 0 and s % args.val_loss_every == 0)
+
+    t0, t0_event = start_clock()
     approx_ms = 0.0  # train time at the end of the last step: sets the next step's learning rate
     while True:
         last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
-        if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
+        if last_step or val_due(step):
             sync()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
             val_loss, val_bpb = eval_val(model, args, val_tokens, luts, rank, world_size, grad_accum_steps, device)
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
-            sync()
-            t0, t0_event = mark()
+            t0, t0_event = start_clock()
             approx_ms = training_time_ms
         if last_step:
             if stop_after_step is not None and step < args.iterations:
@@ -1033,12 +1039,11 @@ def main() -> None:
         train_loss = ahead if ahead is not None else accumulate()
         apply(step, lr_multiplier(args, step, approx_ms, max_wallclock_ms))
         loss_host.copy_(train_loss, non_blocking=use_cuda)
-        _, done = mark()
+        done = gpu_mark()
         step += 1
         # The next step's forward/backward need only the weights this step leaves (stream order): enqueue them
         # now unless a validation or the end comes first; its learning rate is set after this step's time is read.
-        next_is_val = step == args.iterations or (args.val_loss_every > 0 and step % args.val_loss_every == 0)
-        ahead = accumulate() if step_overlap and not next_is_val else None
+        ahead = accumulate() if step_overlap and not val_due(step) else None
         if done is not None:
             done.synchronize()  # this step's work only: the GPU goes on with the step enqueued ahead
         loss_value = loss_host.item()  # one wait per step: cheap next to a step, and catches NaN at once
@@ -1061,9 +1066,8 @@ def main() -> None:
         if stop_after_step is None and reached_cap:
             stop_after_step = step
             if ahead is not None:  # the step enqueued ahead is dropped: never applied, its time not counted
-                sync()
                 training_time_ms, ahead = approx_ms, None
-                t0, t0_event = mark()
+                t0, t0_event = start_clock()
 
     if use_cuda:
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 2**20} MiB "
