@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.checks import rel  # noqa: E402
+from tools.checks import graph_ms, rel  # noqa: E402
 
 TOL = 2e-2
 
@@ -40,28 +40,6 @@ def parse_shapes(p: argparse.ArgumentParser, raw: str) -> list[tuple[int, int, i
             p.error(f"--shapes: '{item}' is not BxTxD (three positive integers, e.g. 6x8192x336)")
         out.append(tuple(int(x) for x in parts))
     return out
-
-
-def gpu_ms(fn, iters: int = 20) -> float:
-    """GPU ms per call of fn: warm-up calls (compilation, autotuning), then iters calls captured as one CUDA graph
-    and replayed, so that the CPU's launch time (larger than a small shape's kernels) is not measured."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += err > TOL
                 print(f"{'ok  ' if err <= TOL else 'FAIL'} {tag} B={B} T={T} D={D} {what:8s} rel_err={err:.2e} "
                       f"tol={TOL:.0e}")
-            times[tag] = (gpu_ms(lambda: fwd(x, w)), gpu_ms(lambda: bwd(x, w, dy)))
+            times[tag] = (graph_ms(lambda: fwd(x, w)), graph_ms(lambda: bwd(x, w, dy)))
         (fo, bo), (fn, bn) = times["old"], times["new"]
         gb = 3 * x.numel() * x.element_size() / 1e9  # backward's least traffic: x, dy read, dx written
         print(f"conv_time B={B} T={T} D={D} fwd old:{fo:.3f} new:{fn:.3f} ms ratio:{fn / fo:.2f} "

@@ -15,14 +15,13 @@ import argparse
 import contextlib
 import importlib
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.checks import positive_ints, rel  # noqa: E402
+from tools.checks import event_ms, positive_ints, rel  # noqa: E402
 gdn = importlib.import_module("train_gpt_gdn")
 
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
@@ -220,20 +219,8 @@ def time_op(B, T, H, dk, dv):
                 o = gdn.gated_delta_rule_chunked(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
             o.float().sum().backward()
-        res[name] = gpu_ms(step)
+        res[name] = event_ms(step)
     return res
-
-
-def gpu_ms(step, warmup: int = 3, iters: int = 10) -> float:
-    """Mean wall ms of step() on the GPU, after warm-up calls (compilation, autotuning)."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1000
 
 
 def time_conv(B, T, C):
@@ -245,7 +232,7 @@ def time_conv(B, T, C):
     for name, fn in (("op", lambda x, w: gdn.conv1d_silu(x, w, "fla")),
                      ("fla", lambda x, w: causal_conv1d(x, w.to(x.dtype), activation="silu")[0]),
                      ("torch", torch.compile(gdn.causal_conv1d_silu))):
-        res[name] = gpu_ms(lambda: fn(x, w).backward(dy))  # a given bf16 dy: no loss kernels in the timing
+        res[name] = event_ms(lambda: fn(x, w).backward(dy))  # a given bf16 dy: no loss kernels in the timing
     return res
 
 

@@ -1,8 +1,10 @@
-"""Shared by the GPU check and benchmark tools: the error measure, and parsing of comma-separated options."""
+"""Shared by the GPU check and benchmark tools: the error measure, parsing of comma-separated options, and the
+two ways they time GPU work (CUDA events per call, or one CUDA graph of many calls)."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -25,3 +27,41 @@ def positive_ints(parser: argparse.ArgumentParser, option: str, text: str) -> li
     if not values or min(values) < 1:
         parser.error(f"{option} {text!r}: expected comma-separated positive integers")
     return values
+
+
+def event_ms(fn, iters: int = 10, warmup: int = 3) -> float:
+    """Median GPU ms of fn() over iters calls, each between two CUDA events and synchronised, after warm-up calls
+    (compilation, autotuning). For work of a millisecond or more, whose launch time the GPU hides."""
+    times = []
+    for i in range(warmup + iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def graph_ms(fn, iters: int = 20, warmup: int = 3) -> float:
+    """Mean GPU ms per call of fn: warm-up calls on a side stream, then iters calls captured as one CUDA graph and
+    replayed, so that the CPU's launch time (larger than a small shape's kernels) is not measured. fn must be
+    capturable (no synchronisation, no allocation that depends on data)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters

@@ -9,6 +9,7 @@
 #   env: CHECK_GDN (seq lens for tools/check_gdn_fla.py, e.g. 100,2048; unset: skip) TOKENIZER_PATH
 #        STEPS (7; ms/step is the median of the step deltas after step 3: 5 steps give only two)
 #        REPEAT (1: rounds over the items, every second round in reverse order, for A/B on a drifting card)
+#        BENCH_TIMEOUT (420: seconds per bench run, compile included)
 #        DATA_PATH (generated if absent) BATCH_TOKENS (the presets; set only for CPU smoke runs)
 #   Each label compiles into its own inductor cache under BENCH_WORKDIR (versions never share compiled graphs).
 set -uo pipefail
@@ -51,7 +52,7 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   local cache="$BENCH_WORKDIR/inductor_cache/$label"
   mkdir -p "$cache"
   env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" \
-    --data "$DATA" --steps "${STEPS:-7}" --warmup 1 --out-dir "$OUT" --timeout 420 --models "$model" \
+    --data "$DATA" --steps "${STEPS:-7}" --warmup 1 --out-dir "$OUT" --timeout "${BENCH_TIMEOUT:-420}" --models "$model" \
     --seq-lens "$seq" --script-dir "${dir:-.}" --label "$label" \
     ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"

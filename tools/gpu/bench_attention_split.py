@@ -9,7 +9,6 @@ each tensor's largest magnitude). Needs no wheelhouse.
     python3 tools/gpu/bench_attention_split.py [--seq-lens 8192,16384,32768] [--chunks 2,4] [--iters 10]
 """
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.checks import positive_ints  # noqa: E402
+from tools.checks import event_ms, positive_ints  # noqa: E402
 
 ATEN = torch.ops.aten
 
@@ -94,19 +93,6 @@ def make_inputs(B, T, H, Hkv, D, seed=0):
     return [t.requires_grad_() for t in (q, k, v)] + [do]
 
 
-def timed(fn, iters):
-    ts = []
-    for it in range(iters + 3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        if it >= 3:
-            ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
-
-
 def whole(q, k, v, backend):
     with sdpa_kernel([backend]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
@@ -154,8 +140,8 @@ def main():
                        for x, r in zip([out] + list(grads), [ref_out] + ref_grads)]
                 err = " rel_err_vs_cudnn out:{:.2e} dq:{:.2e} dk:{:.2e} dv:{:.2e}".format(*rel)
             with torch.no_grad():
-                fwd_ms = timed(f, a.iters)
-            fb_ms = timed(lambda: torch.autograd.grad(f(), (q, k, v), do), a.iters)
+                fwd_ms = event_ms(f, a.iters)
+            fb_ms = event_ms(lambda: torch.autograd.grad(f(), (q, k, v), do), a.iters)
             print(f"attn T:{T} B:{B} case:{name} fwd_ms:{fwd_ms:.3f} fwd_tflops:{fl / fwd_ms / 1e9:.0f} "
                   f"fwd_bwd_ms:{fb_ms:.3f} bwd_ms:{fb_ms - fwd_ms:.3f} "
                   f"bwd_tflops:{2.5 * fl / (fb_ms - fwd_ms) / 1e9:.0f} "
