@@ -236,7 +236,7 @@ def test_probe_lines(tmp_path):
         "probe model:baseline seq_len:8192 batch_tokens:393216 ms_per_step:593.2 tokens_per_s:662860 "
         "mfu:0.41 peak_mem_mib:7779 card:NVIDIA H100 80GB HBM3 torch:2.9.1+cu128\n"
         "probe model:hybrid seq_len:32768 batch_tokens:524288 ms_per_step:1361.0 tokens_per_s:385223 "
-        "mfu:0.22 peak_mem_mib:13792 card:NVIDIA_H200 torch:2.11.0\n"
+        "mfu:0.22 peak_mem_mib:13792 card:NVIDIA_H200 torch:2.11.0 version:ov1\n"
         '    print(f"probe model:{m} seq_len:{n} ms_per_step:{x}")\n')
     pf = parse_file(tmp_path / "probes.log")
     assert [(p.model, p.seq_len, p.ms_per_step, p.card) for p in pf.probes] == [
@@ -245,7 +245,10 @@ def test_probe_lines(tmp_path):
     md = tmp_path / "s.md"
     assert sl.main([str(tmp_path), "--markdown", str(md), "--csv", str(tmp_path / "s.csv")]) == 0
     assert "## Probes" in md.read_text() and "NVIDIA H200" in md.read_text()
-    assert "hybrid,32768" in (tmp_path / "s_probes.csv").read_text()
+    rows = [r for r in md.read_text().splitlines() if r.startswith("| probes.log")]
+    assert [r.split(" | ")[1] for r in rows] == ["—", "ov1"]  # the version column: the bench's --label
+    csv_text = (tmp_path / "s_probes.csv").read_text()
+    assert "ov1,hybrid,32768" in csv_text and ",,baseline,8192" in csv_text
 
 
 def test_fields_keeps_spaces_in_values():

@@ -238,11 +238,12 @@ def crossover_table(groups: list[Group]) -> str:
 
 
 def probes_table(probes: list[Probe], names: dict[str, str]) -> str:
-    rows = [[names[p.path], p.model, fmt(p.seq_len), fmt(p.batch_tokens), fmt(p.ms_per_step),
+    # version: the bench's --label, which tells apart the versions an A/B file holds
+    rows = [[names[p.path], p.version or "—", p.model, fmt(p.seq_len), fmt(p.batch_tokens), fmt(p.ms_per_step),
              fmt(p.tokens_per_s, 0), fmt(p.mfu, 3), fmt(p.peak_mem_mib, 0), p.card or "—",
              p.torch or "—"] for p in probes]
     return "\n\n".join(["## Probes", md_table(
-        ["file", "model", "seq len", "batch tokens", "ms/step", "tokens/s", "MFU", "peak MiB",
+        ["file", "version", "model", "seq len", "batch tokens", "ms/step", "tokens/s", "MFU", "peak MiB",
          "card", "torch"], rows)])
 
 
@@ -318,10 +319,10 @@ def write_csv(entries: list[Entry], probes: list[Probe], path: Path) -> list[Pat
         ppath = path.with_name(path.stem + "_probes.csv")
         with ppath.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["file", "line", "model", "seq_len", "batch_tokens", "ms_per_step",
+            w.writerow(["file", "line", "version", "model", "seq_len", "batch_tokens", "ms_per_step",
                         "tokens_per_s", "mfu", "peak_mem_mib", "card", "torch"])
             for p in probes:
-                w.writerow([p.path, p.line, p.model, p.seq_len, p.batch_tokens, p.ms_per_step,
+                w.writerow([p.path, p.line, p.version, p.model, p.seq_len, p.batch_tokens, p.ms_per_step,
                             p.tokens_per_s, p.mfu, p.peak_mem_mib, p.card, p.torch])
         written.append(ppath)
     return written
