@@ -116,8 +116,8 @@ def test_ab_session_runs_items_in_order(tmp_path):
 
 
 def test_ab_session_repeat_alternates_order(tmp_path):
-    """REPEAT=2 runs the items twice, the second round in reverse order (new, old, old, new); a bad REPEAT is
-    refused before any run."""
+    """REPEAT=2 runs the items twice, the second round in reverse order (new, old, old, new); a bad REPEAT or
+    BENCH_TIMEOUT is refused before any run."""
     subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", str(tmp_path / "data"),
                     "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
     env = dict(os.environ, BATCH_TOKENS="2048", STEPS="4", REPEAT="x",
@@ -127,7 +127,10 @@ def test_ab_session_repeat_alternates_order(tmp_path):
     items = ["baseline:128:new", "baseline:128:old:.:COMPILE_MEMORY_BUDGET=0.5"]
     bad = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "REPEAT=x" in bad.stderr and not (out / "probes.txt").exists()
-    env["REPEAT"] = "2"
+    env["REPEAT"], env["BENCH_TIMEOUT"] = "2", "0"
+    bad = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "BENCH_TIMEOUT=0" in bad.stderr and not (out / "probes.txt").exists()
+    env["BENCH_TIMEOUT"] = "420"
     r = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     labels = [ln.rsplit("version:", 1)[1] for ln in (out / "probes.txt").read_text().splitlines()]

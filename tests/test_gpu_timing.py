@@ -1,5 +1,6 @@
-"""The GPU tools' timing helpers (tools/checks.py: event_ms, graph_ms) on a CUDA device: each reads a kernel that
-spins for twice as many cycles as about twice as long. Skipped without CUDA (CI has none)."""
+"""The GPU tools' timing helpers (tools/checks.py: event_ms, graph_ms) on a CUDA device: each calls the timed
+function warmup + iters times (graph_ms: iters of them while capturing its graph) and returns a positive time.
+No assertion on how long anything takes (speed belongs in benchmarks). Skipped without CUDA (CI has none)."""
 import pytest
 import torch
 
@@ -9,9 +10,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("timer", [event_ms, graph_ms])
-def test_timer_scales_with_the_work(timer):
-    cycles = 2_000_000  # ~1 ms at ~2 GHz: well above launch and event overheads
-    short = timer(lambda: torch.cuda._sleep(cycles), iters=5)
-    long = timer(lambda: torch.cuda._sleep(2 * cycles), iters=5)
-    assert 0 < short < long
-    assert 1.6 < long / short < 2.4
+def test_timer_calls_and_returns(timer):
+    calls = []
+    x = torch.zeros(1024, device="cuda")
+
+    def fn():
+        calls.append(1)
+        x.add_(1.0)
+
+    ms = timer(fn, iters=5, warmup=2)
+    assert len(calls) == 2 + 5
+    assert ms > 0

@@ -31,6 +31,8 @@ print(f(["hybrid"]) or "")') || exit 2
 fi
 REPEAT=${REPEAT:-1}
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "REPEAT=$REPEAT: expected a positive whole number of rounds" >&2; exit 2; }
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-420}
+[[ "$BENCH_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_TIMEOUT=$BENCH_TIMEOUT: expected a positive whole number of seconds" >&2; exit 2; }
 TOK=${TOKENIZER_PATH:-.gpudata/fineweb_1024_bpe.model}
 if [ ! -f "$TOK" ]; then echo "TOKENIZER_PATH $TOK: no such file" >&2; exit 2; fi
 export PYTHONUNBUFFERED=1 BENCH_WORKDIR=${BENCH_WORKDIR:-/tmp/bench_step_time}
@@ -52,7 +54,7 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   local cache="$BENCH_WORKDIR/inductor_cache/$label"
   mkdir -p "$cache"
   env TORCHINDUCTOR_CACHE_DIR="$cache" "${extra[@]}" python3 tools/bench_step_time.py --tokenizer "$TOK" \
-    --data "$DATA" --steps "${STEPS:-7}" --warmup 1 --out-dir "$OUT" --timeout "${BENCH_TIMEOUT:-420}" --models "$model" \
+    --data "$DATA" --steps "${STEPS:-7}" --warmup 1 --out-dir "$OUT" --timeout "$BENCH_TIMEOUT" --models "$model" \
     --seq-lens "$seq" --script-dir "${dir:-.}" --label "$label" \
     ${BATCH_TOKENS:+--batch-tokens "$BATCH_TOKENS"} > "$res" 2>&1
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
