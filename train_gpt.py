@@ -154,6 +154,9 @@ class Hyperparameters:
         # less per layer for one more elementwise pass. auto (baseline): on above 49152 tokens per micro-batch (the
         # 32k presets' 65536), where the baseline's peak would exceed the original's (PERF_NOTES v18).
         self.mlp_recompute = env_choice("MLP_RECOMPUTE", d.get("MLP_RECOMPUTE", "auto"), ("auto", "0", "1"))
+        # How many blocks, from the first, recompute when MLP_RECOMPUTE is on (default all): each one saves
+        # (tokens x MLP width) bf16 of peak memory for one more elementwise pass in its backward.
+        self.mlp_recompute_layers = env_int("MLP_RECOMPUTE_LAYERS", self.num_layers, 1, self.num_layers)
         # CUDA graphs of the compiled forward and backward (torch.compile's reduce-overhead mode): the step's
         # thousands of launches become a few graph replays. auto = on for one process on CUDA with compile.
         self.cuda_graphs = env_choice("CUDA_GRAPHS", "auto", ("auto", "0", "1"))
@@ -706,7 +709,8 @@ class GPT(nn.Module):
         self.num_encoder = args.num_layers // 2
         self.num_decoder = args.num_layers - self.num_encoder
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, self.num_decoder), dim))
-        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult, args.mlp_recompute == "1")
+        self.blocks = nn.ModuleList([Block(dim, make_mixer(i, args), args.mlp_mult,
+                                           args.mlp_recompute == "1" and i < args.mlp_recompute_layers)
                                      for i in range(args.num_layers)])
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
@@ -916,6 +920,7 @@ def main() -> None:
     # outputs are overwritten by its next replay); DDP (no CUDA graphs) accumulates them through .backward().
     grad_sum = None if distributed else GradSum(base_model.parameters())
     n_params = sum(p.numel() for p in base_model.parameters())
+    n_recompute = sum(block.mlp.recompute for block in base_model.blocks)
 
     dataset_name = Path(args.data_path.rstrip("/")).name
     card = torch.cuda.get_device_name(device) if use_cuda else "cpu"
@@ -925,7 +930,8 @@ def main() -> None:
     log(f"dataset:{dataset_name} data_path:{args.data_path}")
     log(f"device:{device.type} card:{card.replace(' ', '_')} torch:{torch.__version__} compile:{do_compile} "
         f"compile_memory_budget:{args.compile_memory_budget:g} cuda_graphs:{cuda_graphs} "
-        f"mlp_recompute:{args.mlp_recompute} step_overlap:{int(step_overlap)}")
+        f"mlp_recompute:{args.mlp_recompute} mlp_recompute_blocks:{n_recompute} "
+        f"step_overlap:{int(step_overlap)}")
     log(f"model:{args.model_kind}")
     log(f"model_params:{n_params}")
     log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")

@@ -93,6 +93,8 @@ CASES = {
     "gdn_save_wv_without_fla": ("train_gpt_gdn", dict(GDN_SAVE_WV="1"), good,
                                 ["GDN_SAVE_WV=1", "state-saving op", "GDN_SAVE_WV=0 or auto"]),
     "mlp_recompute_unknown": ("train_gpt", dict(MLP_RECOMPUTE="yes"), good, ["MLP_RECOMPUTE"]),
+    "mlp_recompute_layers_above_num_layers": ("train_gpt_gdn", dict(MLP_RECOMPUTE_LAYERS="5"), good,
+                                              ["MLP_RECOMPUTE_LAYERS=5", "[1, 4]"]),
     "gdn_save_wv_unknown": ("train_gpt_gdn", dict(GDN_SAVE_WV="yes"), good, ["GDN_SAVE_WV"]),
     "step_overlap_two_processes": ("train_gpt_gdn", dict(STEP_OVERLAP="1", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0"),
                                    good, ["STEP_OVERLAP=1", "one process", "WORLD_SIZE=2"]),

@@ -76,3 +76,22 @@ def test_mlp_recompute_auto(clean_env, script, tokens, seq, want):
     args = importlib.import_module(script).Hyperparameters()
     args.check_batch(1, 8)
     assert args.mlp_recompute == want
+
+
+@pytest.mark.parametrize("script", ["train_gpt", "train_gpt_gdn"])
+def test_mlp_recompute_layers_picks_the_first_blocks(clean_env, script):
+    """MLP_RECOMPUTE_LAYERS=N: only the first N blocks recompute (the rest keep relu^2), and the compiled model
+    saves (NUM_LAYERS - N) relu^2 tensors more than with every block recomputing."""
+    for k, v in {**TINY, "MLP_RECOMPUTE": "1"}.items():
+        clean_env.setenv(k, v)
+    if script == "train_gpt_gdn":
+        clean_env.setenv("GDN_LAYERS", "0,2")
+    mod = importlib.import_module(script)
+    saved = {}
+    for n in ("1", "3"):
+        clean_env.setenv("MLP_RECOMPUTE_LAYERS", n)
+        model = mod.GPT(mod.Hyperparameters())
+        assert [blk.mlp.recompute for blk in model.blocks] == [i < int(n) for i in range(3)]
+        saved[n], _ = saved_activations.saved_bytes(script, batch=2, seq_len=64, budget=1.0)
+    relu2 = 2 * 64 * 2 * int(TINY["MODEL_DIM"]) * 2  # tokens x hidden x bf16, one block
+    assert saved["1"] - saved["3"] >= 2 * relu2, (saved, relu2)
