@@ -169,7 +169,8 @@ class Hyperparameters:
         # Enqueue the next step's forward/backward before waiting for this step's loss and time (they do not depend
         # on its learning rate), so the GPU does not idle at the step boundary. auto = on for one CUDA process.
         self.step_overlap = env_choice("STEP_OVERLAP", "auto", ("auto", "0", "1"))
-        self.attn_backend = env_choice("ATTN_BACKEND", "cudnn", ("flash", "cudnn", "efficient", "math", "auto"))
+        self.attn_backend = env_choice("ATTN_BACKEND", "fa4",
+                                       ("fa4", "flash", "cudnn", "efficient", "math", "auto"))
 
     def check_batch(self, world_size: int, grad_accum_steps: int) -> None:
         """Check the batch shape and resolve MLP_RECOMPUTE=auto from it."""
@@ -614,6 +615,50 @@ class SplitLinear(torch.autograd.Function):
 
 
 SDPA_NATIVE_GQA = True  # set by configure_attention: False where the chosen backend lacks enable_gqa
+FA4_OP = None  # set by configure_attention: FlashAttention-4's causal attention op where ATTN_BACKEND=fa4 runs
+
+
+def register_fa4_op() -> str | None:
+    """FlashAttention-4 (the flash-attn-4 package: CuTe DSL kernels, Hopper forward and backward) as a custom op
+    with its backward, so that torch.compile keeps the model one graph (FA4's own autograd.Function would break
+    it). Sets FA4_OP; returns None when done, else why not. q, k, v and the output are (B, T, H, D), as the model
+    holds them; GQA is native. The op is registered once per process (both scripts register the same one)."""
+    global FA4_OP
+    try:
+        from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd
+    except Exception as e:  # not installed, or installed without its CUDA libraries
+        return f"{type(e).__name__}: {e}"
+    if not hasattr(torch.ops.gpt_fa4, "attn_fwd"):
+        @torch.library.custom_op("gpt_fa4::attn_fwd", mutates_args=())
+        def fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+            out, lse = _flash_attn_fwd(q, k, v, softmax_scale=scale, causal=True, return_lse=True)[:2]
+            return out.contiguous(), lse.contiguous()  # the layouts the fake promises
+
+        @fwd.register_fake
+        def _(q, k, v, scale):
+            B, T, H, _ = q.shape
+            return q.new_empty(B, T, H, v.size(-1)), q.new_empty(B, H, T, dtype=torch.float32)
+
+        @torch.library.custom_op("gpt_fa4::attn_bwd", mutates_args=())
+        def bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                scale: float) -> tuple[Tensor, Tensor, Tensor]:
+            dq, dk, dv = _flash_attn_bwd(q, k, v, out, do, lse, scale, True)[:3]
+            return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+        @bwd.register_fake
+        def _(do, q, k, v, out, lse, scale):
+            return tuple(t.new_empty(t.shape) for t in (q, k, v))
+
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs[:3], *output)
+            ctx.scale = inputs[3]
+
+        def backward(ctx, do, dlse):  # lse is not used downstream: its gradient is ignored
+            return (*torch.ops.gpt_fa4.attn_bwd(do, *ctx.saved_tensors, ctx.scale), None)
+
+        fwd.register_autograd(backward, setup_context=setup_context)
+    FA4_OP = torch.ops.gpt_fa4.attn_fwd
+    return None
 
 
 class CausalSelfAttention(nn.Module):
@@ -641,6 +686,8 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        if FA4_OP is not None:  # ATTN_BACKEND=fa4: (B, T, H, D) in and out, no transposes
+            return self.proj(FA4_OP(q, k, v, self.head_dim ** -0.5)[0].reshape(B, T, C))
         # (B, H, T, D) views of (B, T, H, D) data, taken last: inductor lays out its norm/RoPE kernels' outputs
         # in their own index order, so q and k stay (B, T, H, D) in memory, SDPA's output follows q's layout,
         # and y.transpose(1, 2).reshape below is a view, not a copy (PERF_NOTES v16).
@@ -1364,23 +1411,46 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
 
 
 def configure_attention(args: Hyperparameters, device: torch.device) -> str:
-    """Pick the SDPA backend on CUDA (the study enabled flash only); CPU uses PyTorch's choice."""
+    """Pick the attention kernel on CUDA: FlashAttention-4 (ATTN_BACKEND=fa4, the default) where it imports and
+    passes a check against SDPA's math backend, else an SDPA backend (cuDNN where fa4 falls back; the study
+    enabled flash only). CPU uses PyTorch's SDPA choice. Returns the log line naming the path that runs."""
+    global SDPA_NATIVE_GQA, FA4_OP
+    FA4_OP = None
     if device.type != "cuda":
         return "sdpa:cpu-default"
-    global SDPA_NATIVE_GQA
+    head_dim = args.model_dim // args.num_heads
+    backend, fa4_note = args.attn_backend, ""
+    if backend == "fa4":
+        why = register_fa4_op()
+        if why is None:  # one forward and backward of the model's head shapes against fp32 math, on fresh inputs
+            x = [torch.randn(1, 256, h, head_dim, device=device, dtype=torch.bfloat16)
+                 for h in (args.num_heads, args.num_kv_heads, args.num_kv_heads, args.num_heads)]
+            try:
+                got = [t.clone().requires_grad_(True) for t in x[:3]]
+                ref = [t.float().requires_grad_(True) for t in x[:3]]
+                FA4_OP(*got, head_dim ** -0.5)[0].backward(x[3])
+                F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in ref), is_causal=True, enable_gqa=True
+                                               ).transpose(1, 2).backward(x[3].float())
+                err = max(((a.grad.float() - b.grad).norm() / b.grad.norm()).item() for a, b in zip(got, ref))
+                why = None if err < 2e-2 else f"check against SDPA math: relative gradient error {err:.1e}"
+            except Exception as e:  # a kernel that does not build or run on this GPU
+                why = f"{type(e).__name__}: {e}"
+        if why is None:
+            return f"attention:fa4 flash_attn_cute gqa:native head_dim:{head_dim}"
+        FA4_OP, backend = None, "cudnn"
+        fa4_note = " fa4:unavailable(" + "_".join(str(why).split())[:160] + ")"
     b = torch.backends.cuda
     want = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient", "math": "math"}
-    if args.attn_backend == "auto":
+    if backend == "auto":
         enabled = {"flash": True, "cudnn": True, "mem_efficient": True, "math": True}
     else:
-        enabled = {k: k == want[args.attn_backend] for k in ("flash", "cudnn", "mem_efficient", "math")}
+        enabled = {k: k == want[backend] for k in ("flash", "cudnn", "mem_efficient", "math")}
     b.enable_flash_sdp(enabled["flash"])
     b.enable_cudnn_sdp(enabled["cudnn"])
     b.enable_mem_efficient_sdp(enabled["mem_efficient"])
     b.enable_math_sdp(enabled["math"])
     # Older PyTorch builds have no GQA in cuDNN's SDPA: probe once (forward and backward, the model's head
     # shapes) and expand K/V to all heads only where the backend refuses enable_gqa.
-    head_dim = args.model_dim // args.num_heads
     q = torch.randn(1, args.num_heads, 128, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
     kv = torch.randn(1, args.num_kv_heads, 128, head_dim, device=device, dtype=torch.bfloat16)
     try:
@@ -1391,7 +1461,7 @@ def configure_attention(args: Hyperparameters, device: torch.device) -> str:
     return "sdp_backends:" + " ".join(f"{k}={v}" for k, v in
                                       (("cudnn", enabled["cudnn"]), ("flash", enabled["flash"]),
                                        ("mem_efficient", enabled["mem_efficient"]), ("math", enabled["math"]))) + \
-        f" gqa:{'native' if SDPA_NATIVE_GQA else 'expanded_kv'}"
+        f" gqa:{'native' if SDPA_NATIVE_GQA else 'expanded_kv'}" + fa4_note
 
 
 class Logger:

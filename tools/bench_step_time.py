@@ -128,7 +128,8 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     skip = min(2, len(times) - 2)  # the first steps after warm-up still settle
     ms = statistics.median([b - a_ for a_, b in zip(times[skip:], times[skip + 1:])])
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text if ln.startswith("sdp_backends:")), "-")
+    attn = next((ln.split(":", 1)[1].replace(" ", ",") for ln in text
+                 if ln.startswith(("attention:", "sdp_backends:"))), "-")
     gdn = gdn_path(next((ln for ln in text if ln.startswith("gdn_impl:")), ""))
     graphs = line_field(text, "device:", "cuda_graphs")  # "-": a script from before CUDA_GRAPHS
     overlap = line_field(text, "device:", "step_overlap")  # "-": a script from before STEP_OVERLAP
