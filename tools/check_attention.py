@@ -1,4 +1,5 @@
-"""GPU check for the attention fast paths: the script's CausalSelfAttention with each SDPA backend (cuDNN and flash
+"""GPU check for the attention fast paths: the script's CausalSelfAttention through FlashAttention-4 (ATTN_BACKEND=fa4;
+its configure line says when it fell back to cuDNN) and with each SDPA backend (cuDNN and flash
 with native GQA where the backend takes it, and cuDNN with K/V expanded to all heads, the fallback for PyTorch
 builds without GQA in cuDNN) against the math backend on fp32 copies, outputs and the
 gradients of the input and of every weight, on fresh random inputs at the study's shapes (bf16 autocast).
@@ -51,7 +52,7 @@ def main() -> int:
         torch.nn.init.normal_(layer.proj.weight, std=0.02)  # zero-init would hide the gradients upstream
         x, do = torch.randn(2, T, 512, device="cuda"), torch.randn(2, T, 512, device="cuda")
         ref_y, ref_g = run(layer, x, do, "math", autocast=False)  # fp32 math reference
-        for backend in ("cudnn", "cudnn-expanded", "flash"):
+        for backend in ("fa4", "cudnn", "cudnn-expanded", "flash"):
             y, g = run(layer, x, do, backend, autocast=True)
             names = ["out", "dx"] + [f"d{n}" for n, _ in layer.named_parameters()]
             for name, val, ref in zip(names, [y] + g, [ref_y] + ref_g):
