@@ -6,7 +6,8 @@
 #
 # 1. Installs what is missing from requirements.txt (an installed PyTorch is never replaced); on a CUDA host
 #    also fla-core (the GDN kernels) and, on Hopper with Triton in [3.4, 3.7.1), TileLang (requirements-gpu.txt;
-#    from GPU_WHEELHOUSE, default ./.gpuwheels, when that folder has an install.sh, else from PyPI).
+#    from GPU_WHEELHOUSE, default ./.gpuwheels, when that folder has an install.sh, else from PyPI), and
+#    flash-attn-4 for attention (ATTN_BACKEND=fa4, the default; from PyPI; without it the runs use cuDNN, loudly).
 # 2. Gets the data once: FineWeb sp1024 (fetched if absent) or, failing that, the offline pydocs dataset, loudly.
 # 3. Runs each seq len in SEQ_LENS (default "8192 16384 32768") for each model in MODELS (default
 #    "baseline hybrid") through run_{baseline,hybrid}_long_context_single_h100.sh; without CUDA that is the
@@ -92,12 +93,33 @@ PY
     fi
 }
 
+fa4_extras() {  # FlashAttention-4 (ATTN_BACKEND=fa4, both scripts' default) on CUDA; without it they run cuDNN
+    local probe='import flash_attn.cute.interface'
+    if python3 -c "$probe" 2>/dev/null; then echo "study: flash-attn-4 is installed"; return 0; fi
+    local want=("$(grep -E '^flash-attn-4' requirements-gpu.txt)") dsl
+    dsl=$(grep -E '^nvidia-cutlass-dsl' requirements-gpu.txt)
+    # a CUDA 13 PyTorch needs the DSL's CUDA 13 libraries (the package's cu13 extra)
+    if [[ "$(python3 -c 'import torch; print((torch.version.cuda or "").split(".")[0])' 2>/dev/null)" == 13 ]]; then
+        dsl=${dsl/nvidia-cutlass-dsl/nvidia-cutlass-dsl[cu13]}
+    fi
+    want+=("$dsl")
+    echo "study: installing ${want[*]}"
+    printf '%s\n' "${want[@]}" >"$out/fa4-requirements.txt"
+    lc_pip_install "$out/fa4-requirements.txt" || true
+    python3 -c "$probe" 2>/dev/null ||
+        lc_loud "flash-attn-4 is not importable: attention runs on cuDNN's SDPA (correct, ~15% slower baseline steps" \
+            "at 8k-32k on an H200); each log's sdp_backends: line says why. Install it (requirements-gpu.txt) to fix."
+}
+
 if [[ "${SKIP_INSTALL:-0}" != 1 && "$dry" != 1 ]]; then
     lc_pip_install requirements.txt || LC_EXIT=1 lc_die "installing requirements.txt failed (see pip's message above)"
 fi
 lc_resolve_profile
 if [[ "$PROFILE" == gpu && " ${models[*]} " == *" hybrid "* && "${SKIP_INSTALL:-0}" != 1 && "$dry" != 1 ]]; then
     gpu_extras
+fi
+if [[ "$PROFILE" == gpu && "${ATTN_BACKEND:-fa4}" == fa4 && "${SKIP_INSTALL:-0}" != 1 && "$dry" != 1 ]]; then
+    fa4_extras
 fi
 
 # -- 2. data ------------------------------------------------------------------------------------------
