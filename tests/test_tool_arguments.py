@@ -44,6 +44,9 @@ def test_positive_ints():
     ("step_timing.py", [str(REPO / "train_gpt.py"), "--skip", "-1"], "--skip -1: expected >= 0"),
     ("gpu/bench_attention_split.py", ["--chunks", "2,x"], "--chunks '2,x'"),
     ("gpu/bench_attention_split.py", ["--iters", "0"], "--iters 0"),
+    ("gpu/bench_attention_impls.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
+    ("gpu/bench_attention_impls.py", ["--seq-lens", "16k"], "--seq-lens '16k'"),
+    ("gpu/bench_attention_impls.py", ["--check-seq-lens", "0"], "--check-seq-lens '0'"),
 ])
 def test_bad_option_is_refused(tool, args, message):
     r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,

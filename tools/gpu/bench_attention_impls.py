@@ -75,6 +75,8 @@ def main() -> int:
     p.add_argument("--check-seq-lens", default="1024,4096")
     p.add_argument("--iters", type=int, default=10)
     a = p.parse_args()
+    if a.iters < 1:
+        p.error(f"--iters {a.iters}: expected a positive integer")
     seq_lens = positive_ints(p, "--seq-lens", a.seq_lens)
     check_lens = positive_ints(p, "--check-seq-lens", a.check_seq_lens)
     if not torch.cuda.is_available():
@@ -105,10 +107,9 @@ def main() -> int:
                     x.grad = None
                 f(*xs).backward(do)
             fb_ms = event_ms(fb, iters=a.iters)
-            rows.append((name, T, B, f_ms, fb_ms, fwd_flops / f_ms / 1e9, 3.5 * fwd_flops / fb_ms / 1e9,
-                         torch.cuda.max_memory_allocated() >> 20))
+            rows.append((name, T, B, f_ms, fb_ms, fwd_flops / f_ms / 1e9, 3.5 * fwd_flops / fb_ms / 1e9))
     print(f"{'impl':6} {'T':>6} {'B':>3} {'fwd ms':>8} {'fwd+bwd ms':>10} {'fwd TF/s':>9} {'f+b TF/s':>9}")
-    for name, T, B, f_ms, fb_ms, ftf, fbtf, _ in rows:
+    for name, T, B, f_ms, fb_ms, ftf, fbtf in rows:
         print(f"{name:6} {T:6d} {B:3d} {f_ms:8.2f} {fb_ms:10.2f} {ftf:9.0f} {fbtf:9.0f}")
     print(f"device: {torch.cuda.get_device_name()} torch:{torch.__version__}")
     return 0 if ok else 1

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds .fa4/ here: FlashAttention-4 (flash-attn-4, CuTe DSL kernels, Hopper forward and backward) and what it
 # needs that the GPU host's image lacks, for ATTN_BACKEND=fa4. The CUDA 13 DSL library is ~92 MB as a wheel, more
-# than a call may carry with the repo, so it travels xz-compressed in two parts (part0 40 MB, part1 the rest):
-# call 1 carries .fa4/cu13.tar.xz.part0 (and install.sh) and stashes it on the machine (fa4_install.sh stash), call 2 carries .fa4/cu13.tar.xz.part1, .fa4/small
-# and the small wheels and installs (fa4_install.sh install). Usage: bash tools/gpu/fa4_wheels.sh [OUT=.fa4]
+# than a call may carry with the repo, so it travels xz-compressed in two parts (part0 40 MB, part1 the rest).
+# Call 1 carries .fa4/cu13.tar.xz.part0 and .fa4/install.sh and runs `source .fa4/install.sh stash`; call 2, on the
+# same warm machine, carries .fa4/cu13.tar.xz.part1, .fa4/small (the other wheels) and .fa4/install.sh and runs
+# `source .fa4/install.sh`. Usage: bash tools/gpu/fa4_wheels.sh [OUT_DIR, default .fa4]
 set -euo pipefail
 out=${1:-.fa4}
 mkdir -p "$out/small" && out=$(cd "$out" && pwd)
