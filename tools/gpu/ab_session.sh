@@ -60,7 +60,7 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
   grep -q "^probe" "$res" || echo "$item: no probe ($(tail -1 "$res"))"
   for f in "$BENCH_WORKDIR"/logs/*.txt; do  # the study's lines of each run (the full logs hold the source too)
-    [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|gdn_impl|model:|device:)" "$f" > "$OUT/logs/$(basename "$f")"
+    [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|attention:|gdn_impl|model:|device:)" "$f" > "$OUT/logs/$(basename "$f")"
   done
 }
 items=("$@")

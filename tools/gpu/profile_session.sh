@@ -45,5 +45,5 @@ for run in $RUNS; do
     > "$OUT/profile_${model}_seq${seq}.log" 2>&1
   echo "$run: exit $?"; grep -E "^(profile_per_step|trace_idle)" "$OUT/profile_${model}_seq${seq}.log"
   [ -f "logs/profile_${model}_seq${seq}.txt" ] && \
-    grep -E "^(step|warmup|peak|sdp_|gdn_impl)" "logs/profile_${model}_seq${seq}.txt" > "$OUT/steps_${model}_seq${seq}.txt"
+    grep -E "^(step|warmup|peak|sdp_|attention:|gdn_impl)" "logs/profile_${model}_seq${seq}.txt" > "$OUT/steps_${model}_seq${seq}.txt"
 done
