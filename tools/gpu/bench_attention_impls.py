@@ -1,6 +1,6 @@
 """Causal GQA attention of the study's shapes through each implementation the GPU host can run: PyTorch SDPA with
-the cuDNN backend (the scripts' default) and FlashAttention-4's CuTe DSL kernels (flash-attn-4, carried by
-tools/gpu/fa4_wheels.sh; skipped with a line saying so where it does not import).
+the cuDNN backend (v19's default, the scripts' fallback) and FlashAttention-4's CuTe DSL kernels (flash-attn-4,
+the default since v20, carried by tools/gpu/fa4_wheels.sh; skipped with a line saying so where it does not import).
 
 First a check: each implementation against SDPA's math backend on fp32 copies (output, dq, dk, dv; relative
 error, limit 2e-2 for bf16 operands) on fresh random inputs. Then, per sequence length, the study's micro-batch
