@@ -1086,6 +1086,28 @@ GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STA
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
 
 
+def widen_recurrence_tiles() -> str | None:
+    """v21: FLA autotunes its two state recurrences (fwd_h, bwd_dhu) over value tiles BV in {32, 64}: one program
+    per (sequence, head, BV value columns), each a chain over all T/64 chunks, so at 32k (2 x 32768 tokens per
+    micro-step) only 48 programs run on 132 SMs. BV = 16 configs in the search give twice the programs and a
+    shorter step per chunk: 0.89x / 0.86x per call there on an H200 (tools/gpu/bench_recurrence_tiles.py). At
+    16k (72 programs) the autotuner's pick was slower in the step, so prepare_mixers adds them only from 32k on.
+    The value columns are independent: same numbers."""
+    try:
+        import triton
+        from fla.ops.common import chunk_delta_h as cdh
+        for kern in (cdh.chunk_gated_delta_rule_fwd_kernel_h_blockdim64,
+                     cdh.chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64):
+            while not hasattr(kern, "configs"):  # the Autotuner under @triton.heuristics
+                kern = kern.fn
+            if not any(c.kwargs.get("BV") == 16 for c in kern.configs):
+                kern.configs.extend(triton.Config({"BV": 16}, num_warps=w, num_stages=s) for w in (2, 4)
+                                    for s in (2, 3, 4))
+    except Exception as e:  # another fla-core version
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def gated_delta_rule_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float) -> Tensor:
     """FLA's chunked kernels; q and k already L2-normalised, g (log decay) fp32, beta in (0, 2)."""
     if GDN_OP is not None:
@@ -1383,6 +1405,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
                 else:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
+            if args.train_seq_len >= 32768:  # v21: faster at 32k (0.988x); 16k measured slower (1.025x)
+                why = widen_recurrence_tiles()
+                note += "; state recurrences autotuned with BV=16 tiles too" if why is None else \
+                    f"; state recurrences: FLA's tiles (BV=16 not added: {why})"
             why = register_conv_op()
             note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
                 f"; conv: PyTorch (triton conv kernels not registered: {why})"

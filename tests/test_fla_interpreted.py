@@ -75,6 +75,20 @@ CHECK = textwrap.dedent("""
                                                                  fullgraph=True, backend="aot_eager"))
     gdn.GDN_SAVE_WV = False
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
+    # v21's BV=16 value tiles in FLA's two state recurrences (widen_recurrence_tiles): run alone, the same numbers
+    assert gdn.widen_recurrence_tiles() is None
+    from fla.ops.common import chunk_delta_h as cdh
+    tuners = [cdh.chunk_gated_delta_rule_fwd_kernel_h_blockdim64, cdh.chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64]
+    tuners = [t.fn if not hasattr(t, "configs") else t for t in tuners]
+    kept = [t.configs for t in tuners]
+    for t in tuners:
+        t.configs = [c for c in t.configs if c.kwargs["BV"] == 16][:1]
+        assert t.configs and t.configs[0].kwargs["BV"] < V  # two programs per head: the grid follows BV
+    got["state op, BV=16 recurrences"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    for t, c in zip(tuners, kept):
+        t.configs = c
+    errs = [rel(a, b) for a, b in zip(got["state op, BV=16 recurrences"], got["state op"])]
+    assert max(errs) < 1e-6, errs
     for name, outs in got.items():
         errs = [rel(a, b) for a, b in zip(outs, ref)]
         print(name, " ".join(f"{n}:{e:.1e}" for n, e in zip(("o", "dq", "dk", "dv", "dg", "dbeta"), errs)))

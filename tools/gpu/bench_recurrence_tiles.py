@@ -1,0 +1,148 @@
+"""FLA's two GDN state recurrences (fla-core 0.6.0: chunk_gated_delta_rule_fwd_h and _bwd_dhu, the hybrid's
+latency-bound chains) timed per launch config, against the config FLA's own autotuner picks.
+
+Each kernel is one program per (sequence, head, BV value columns), walking all T/64 chunks in order, so at 32k
+(2 x 32768 per micro-step, 8 heads) only 32-48 programs run on 132 SMs. FLA tunes BV over {32, 64}; a narrower
+value tile (BV = 16) gives more, shorter-per-step programs. This tool measures, for the study's micro-batch
+shapes, every config of --bv x --warps x --stages (the autotuner's config list replaced by that one config) and
+prints ms per call (one CUDA graph of --iters calls), the ratio to FLA's pick, and each output's relative
+difference from FLA's pick's (h, v_new / dh, dv2: a tile choice must not change the result beyond fp32 order).
+Inputs are fresh random q, k, v, g, beta (check_gdn_fla's generator) taken through FLA's own intra-chunk forward.
+
+    python3 tools/gpu/bench_recurrence_tiles.py [--shapes 2x32768,3x16384,6x8192] [--bv 16,32,64]
+        [--warps 2,4] [--stages 1,2,3] [--iters 20]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.checks import graph_ms, positive_ints, rel  # noqa: E402
+
+H, DK, DV, C = 8, 42, 84, 64  # the hybrid's GDN heads, key / value head dims (SPEC.md), FLA's chunk
+
+
+def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """BxT pairs, e.g. 2x32768,6x8192; T a multiple of 64 (FLA's chunk)."""
+    shapes = []
+    for item in text.split(","):
+        b, _, t = item.strip().partition("x")
+        if not (b.isdigit() and t.isdigit()) or int(b) < 1 or int(t) < C or int(t) % C:
+            parser.error(f"--shapes {text!r}: expected comma-separated BxT pairs with T a multiple of {C} (2x32768)")
+        shapes.append((int(b), int(t)))
+    return shapes
+
+
+def make_recurrence_inputs(B: int, T: int, seed: int) -> dict[str, torch.Tensor]:
+    from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+
+    from tools.check_gdn_fla import make_inputs
+    q, k, v, g, b = make_inputs(B, T, H, DK, DV, "cuda", seed)
+    q, k = (F.normalize(t, dim=-1).bfloat16() for t in (q, k))
+    v, beta = v.bfloat16(), (2 * torch.sigmoid(b)).bfloat16()
+    g_cum = chunk_local_cumsum(g.float(), chunk_size=C, scale=RCP_LN2)
+    w, u, _ = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
+    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+    do = torch.randn(B, T, H, DV, device="cuda", generator=gen).bfloat16()
+    dv = torch.randn(B, T, H, DV, device="cuda", generator=gen).bfloat16()
+    return dict(q=q, k=k, w=w, u=u, g=g_cum, do=do, dv=dv)
+
+
+def kernels(x: dict[str, torch.Tensor]):
+    """(name, FLA's autotuned kernel object, the call) of the two recurrences, as the state op calls them."""
+    from fla.ops.common import chunk_delta_h as cdh
+    scale = DK ** -0.5
+
+    def fwd():
+        h, v_new, _ = cdh.chunk_gated_delta_rule_fwd_h(k=x["k"], w=x["w"], u=x["u"], g=x["g"], initial_state=None,
+                                                       output_final_state=False, chunk_size=C)
+        return h, v_new
+
+    def bwd():
+        dh, _, dv2 = cdh.chunk_gated_delta_rule_bwd_dhu(q=x["q"], k=x["k"], w=x["w"], g=x["g"], h0=None, dht=None,
+                                                        do=x["do"], dv=x["dv"], scale=scale, chunk_size=C)
+        return dh, dv2
+
+    return [("fwd_h", cdh.chunk_gated_delta_rule_fwd_kernel_h_blockdim64, fwd),
+            ("bwd_dhu", cdh.chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64, bwd)]
+
+
+def autotuner(kern):
+    """The Autotuner under FLA's @triton.heuristics wrapper (which has no configs of its own)."""
+    while not hasattr(kern, "configs"):
+        kern = kern.fn
+    return kern
+
+
+def config_name(cfg) -> str:
+    return f"BV{cfg.kwargs['BV']}_w{cfg.num_warps}_s{cfg.num_stages}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
+    p.add_argument("--bv", default="16,32,64")
+    p.add_argument("--warps", default="2,4")
+    p.add_argument("--stages", default="1,2,3")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    shapes = parse_shapes(p, a.shapes)
+    bvs, warps, stages = (positive_ints(p, o, t) for o, t in (("--bv", a.bv), ("--warps", a.warps),
+                                                                 ("--stages", a.stages)))
+    if a.iters < 1:
+        p.error(f"--iters {a.iters}: expected a positive integer")
+    iters = a.iters
+    if not torch.cuda.is_available():
+        print("bench_recurrence_tiles: needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+    configs = [triton.Config({"BV": bv}, num_warps=nw, num_stages=ns) for bv in bvs for nw in warps for ns in stages]
+    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
+          f"H={H} dk={DK} dv={DV} chunk={C} iters={iters}")
+    rows = []
+    for B, T in shapes:
+        x = make_recurrence_inputs(B, T, a.seed)
+        for name, kern, call in kernels(x):
+            kern = autotuner(kern)
+            fla_configs = kern.configs
+            try:
+                kern.cache.clear()
+                ref = [t.float() for t in call()]  # FLA's autotuner picks here
+                pick = config_name(kern.best_config)
+                base = graph_ms(call, iters=iters)
+                rows.append((name, B, T, f"fla:{pick}", base, 1.0, 0.0))
+                for cfg in configs:
+                    kern.configs = [cfg]
+                    kern.cache.clear()
+                    try:
+                        err = max(rel(o.float(), r) for o, r in zip(call(), ref))
+                        ms = graph_ms(call, iters=iters)
+                    except Exception as e:  # a config the compiler refuses (shared memory, registers)
+                        print(f"  {name} {B}x{T} {config_name(cfg)}: {type(e).__name__}: {str(e)[:120]}")
+                        continue
+                    rows.append((name, B, T, config_name(cfg), ms, ms / base, err))
+            finally:
+                kern.configs = fla_configs
+                kern.cache.clear()
+            best = min((r for r in rows if r[0] == name and r[1:3] == (B, T)), key=lambda r: r[4])
+            print(f"{name} {B}x{T}: FLA's pick {pick} {base:.3f} ms; fastest {best[3]} {best[4]:.3f} ms "
+                  f"({best[5]:.3f}x)", flush=True)
+    print(f"\n{'kernel':8s} {'shape':8s} {'config':16s} {'ms':>8s} {'ratio':>7s} {'max_rel_diff':>12s}")
+    for name, B, T, cfg, ms, ratio, err in rows:
+        print(f"{name:8s} {B}x{T:<6d} {cfg:16s} {ms:8.3f} {ratio:7.3f} {err:12.2e}")
+    for name, B, T, cfg, ms, ratio, err in rows:
+        print(f"recurrence_tile kernel:{name} shape:{B}x{T} config:{cfg} ms:{ms:.4f} ratio:{ratio:.4f} "
+              f"max_rel_diff:{err:.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
