@@ -1086,12 +1086,19 @@ GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STA
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
 
 
+def fla_recurrence_programs(args: Hyperparameters) -> int:
+    """Programs of each of FLA's state recurrences per micro-step and GPU at its BV=32 tiles: sequences (world_size
+    x grad_accum = 8 micro-batches per step) x GDN heads x value tiles."""
+    heads, _, dv = gdn_dims(args)
+    return max(1, args.train_batch_tokens // (8 * args.train_seq_len)) * heads * -(-dv // 32)
+
+
 def widen_recurrence_tiles() -> str | None:
     """v21: FLA autotunes its two state recurrences (fwd_h, bwd_dhu) over value tiles BV in {32, 64}: one program
     per (sequence, head, BV value columns), each a chain over all T/64 chunks, so at 32k (2 x 32768 tokens per
     micro-step) only 48 programs run on 132 SMs. BV = 16 configs in the search give twice the programs and a
     shorter step per chunk: 0.89x / 0.86x per call there on an H200 (tools/gpu/bench_recurrence_tiles.py). At
-    16k (72 programs) the autotuner's pick was slower in the step, so prepare_mixers adds them only from 32k on.
+    16k (72 programs) the autotuner's pick was slower in the step, so prepare_mixers adds them only below 64.
     The value columns are independent: same numbers."""
     try:
         import triton
@@ -1405,10 +1412,11 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
                 else:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
-            if args.train_seq_len >= 32768:  # v21: faster at 32k (0.988x); 16k measured slower (1.025x)
+            programs = fla_recurrence_programs(args)
+            if programs < 64:  # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x
                 why = widen_recurrence_tiles()
-                note += "; state recurrences autotuned with BV=16 tiles too" if why is None else \
-                    f"; state recurrences: FLA's tiles (BV=16 not added: {why})"
+                note += f"; state recurrences autotuned with BV=16 tiles too ({programs} programs)" if why is None \
+                    else f"; state recurrences: FLA's tiles (BV=16 not added: {why})"
             why = register_conv_op()
             note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
                 f"; conv: PyTorch (triton conv kernels not registered: {why})"

@@ -236,6 +236,15 @@ def test_gdn_dims_default(clean_env):
     assert gdn.parse_gdn_layers(args.gdn_layers_raw, args.num_layers) == [0, 1, 2, 4, 5, 6, 8]
 
 
+@pytest.mark.parametrize("seq,batch,programs", [(8192, 393216, 144), (16384, 393216, 72), (32768, 524288, 48),
+                                                 (65536, 524288, 24)])
+def test_fla_recurrence_programs_at_the_presets(clean_env, seq, batch, programs):
+    """v21 widens FLA's recurrence tiles only below 64 programs: the 32k preset (measured faster), not 16k (slower)."""
+    clean_env.setenv("TRAIN_SEQ_LEN", str(seq))
+    clean_env.setenv("TRAIN_BATCH_TOKENS", str(batch))
+    assert gdn.fla_recurrence_programs(gdn.Hyperparameters()) == programs
+
+
 def test_module_forward_zero_init_and_shapes(clean_env):
     args = small_args(clean_env)
     torch.manual_seed(0)
