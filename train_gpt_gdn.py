@@ -1110,6 +1110,7 @@ def widen_recurrence_tiles() -> str | None:
             if not any(c.kwargs.get("BV") == 16 for c in kern.configs):
                 kern.configs.extend(triton.Config({"BV": 16}, num_warps=w, num_stages=s) for w in (2, 4)
                                     for s in (2, 3, 4))
+                kern.cache.clear()  # a pick made before (another caller) is made again among all of them
     except Exception as e:  # another fla-core version
         return f"{type(e).__name__}: {e}"
     return None
