@@ -44,6 +44,10 @@ def test_kind_names():
     assert kind_of("conv_silu_bwd_dz_kernel") == kind_of("conv_silu_bwd_dx_kernel") == "FLA (GDN, conv)"  # v8 on
     assert kind_of("triton_poi_fused_conv_silu_bwd_9") == "inductor (Triton)"  # inductor's, around the op
     assert kind_of("triton_red_fused_sum_3") == "inductor (Triton)"
+    # inductor's kernels around the GDN custom ops carry the op's name in theirs
+    assert kind_of("triton_per_fused__fused_rms_norm__to_copy_chunk_gdr_bwd_state_mul_silu_sum_view_5") == \
+        "inductor (Triton)"
+    assert kind_of("chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64") == "FLA (GDN, conv)"
 
 
 def test_cli_refuses_what_is_not_a_table(tmp_path):

@@ -32,6 +32,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def kind_of(name: str) -> str:
+    if name.startswith("triton_"):  # inductor's kernels, whose names also carry the ops they fused ("chunk_gdr")
+        return "inductor (Triton)"
     for kind, keys in KINDS:
         if any(k in name for k in keys):
             return kind
@@ -45,15 +47,16 @@ def to_ms(text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def summarize(table: str, steps: int) -> dict[str, float]:
-    """kind -> GPU ms per step from one key_averages table's 'Self CUDA' column."""
+def kernel_rows(table: str) -> list[tuple[str, float, int]]:
+    """(kernel name, 'Self CUDA' ms over the table, calls) of each kernel row of one key_averages table, each
+    kernel once (op-level and marker rows skipped)."""
     lines = table.splitlines()
     header = next((ln for ln in lines if "Self CUDA" in ln and "Name" in ln), None)
     if header is None:
         raise ValueError("no 'Name ... Self CUDA' header: not a torch.profiler kernel table")
     columns = [c.strip() for c in re.split(r"\s{2,}", header.strip())]
-    col = columns.index("Self CUDA")
-    out: dict[str, float] = {}
+    col, calls = columns.index("Self CUDA"), columns.index("# of Calls")
+    rows: list[tuple[str, float, int]] = []
     seen: set[str] = set()
     for ln in lines[lines.index(header) + 1:]:
         cells = [c.strip() for c in re.split(r"\s{2,}", ln.strip())]
@@ -61,8 +64,16 @@ def summarize(table: str, steps: int) -> dict[str, float]:
                 or cells[0] in seen:
             continue
         seen.add(cells[0])
-        kind = kind_of(cells[0])
-        out[kind] = out.get(kind, 0.0) + to_ms(cells[col]) / steps
+        rows.append((cells[0], to_ms(cells[col]), int(cells[calls])))
+    return rows
+
+
+def summarize(table: str, steps: int) -> dict[str, float]:
+    """kind -> GPU ms per step from one key_averages table's 'Self CUDA' column."""
+    out: dict[str, float] = {}
+    for name, ms, _ in kernel_rows(table):
+        kind = kind_of(name)
+        out[kind] = out.get(kind, 0.0) + ms / steps
     return out
 
 
