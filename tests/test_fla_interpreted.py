@@ -19,7 +19,9 @@ import pytest
 from conftest import REPO
 from test_triton_conv import TRITON_DIR, run_with_triton
 
-CHECK = textwrap.dedent("""
+# Triton interpreter adjustments that FLA's kernels (and ours in tools/kernels/) need: the first autotune config
+# only, loop indices as Triton scalars, one-element tensors usable as ints (shared with test_state_chain.py).
+INTERP_PATCHES = textwrap.dedent("""
     import ast, importlib.util, sys, torch
     import triton.runtime.autotuner as autotuner
     import triton.runtime.interpreter as interp
@@ -43,6 +45,9 @@ CHECK = textwrap.dedent("""
         tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])  # restored with the scope
     interp._patch_lang_tensor = patch_tensor_index
 
+""")
+
+CHECK = INTERP_PATCHES + textwrap.dedent("""
     import fla
     assert fla.__version__ == "0.6.0", fla.__version__
     sys.path.insert(0, sys.argv[-1])

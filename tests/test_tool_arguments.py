@@ -51,6 +51,10 @@ def test_positive_ints():
     ("gpu/bench_recurrence_tiles.py", ["--shapes", "2x32768,3"], "--shapes '2x32768,3'"),
     ("gpu/bench_recurrence_tiles.py", ["--bv", "16,x"], "--bv '16,x'"),
     ("gpu/bench_recurrence_tiles.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
+    ("gpu/bench_state_chain.py", ["--shapes", "2x100"], "--shapes '2x100': expected comma-separated BxT"),
+    ("gpu/bench_state_chain.py", ["--reference-shape", "1x64,2x64"], "--reference-shape '1x64,2x64': expected one"),
+    ("gpu/bench_state_chain.py", ["--reference-shape", "1x50"], "--reference-shape '1x50': expected comma-sep"),
+    ("gpu/bench_state_chain.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
 ])
 def test_bad_option_is_refused(tool, args, message):
     r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,

@@ -27,31 +27,32 @@ from tools.checks import graph_ms, positive_ints, rel  # noqa: E402
 H, DK, DV, C = 8, 42, 84, 64  # the hybrid's GDN heads, key / value head dims (SPEC.md), FLA's chunk
 
 
-def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+def parse_shapes(parser: argparse.ArgumentParser, text: str, option: str = "--shapes") -> list[tuple[int, int]]:
     """BxT pairs, e.g. 2x32768,6x8192; T a multiple of 64 (FLA's chunk)."""
     shapes = []
     for item in text.split(","):
         b, _, t = item.strip().partition("x")
         if not (b.isdigit() and t.isdigit()) or int(b) < 1 or int(t) < C or int(t) % C:
-            parser.error(f"--shapes {text!r}: expected comma-separated BxT pairs with T a multiple of {C} (2x32768)")
+            parser.error(f"{option} {text!r}: expected comma-separated BxT pairs with T a multiple of {C} (2x32768)")
         shapes.append((int(b), int(t)))
     return shapes
 
 
-def make_recurrence_inputs(B: int, T: int, seed: int) -> dict[str, torch.Tensor]:
+def make_recurrence_inputs(B: int, T: int, seed: int, device: str = "cuda",
+                           dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra
     from fla.ops.utils import chunk_local_cumsum
     from fla.ops.utils.constant import RCP_LN2
 
     from tools.check_gdn_fla import make_inputs
-    q, k, v, g, b = make_inputs(B, T, H, DK, DV, "cuda", seed)
-    q, k = (F.normalize(t, dim=-1).bfloat16() for t in (q, k))
-    v, beta = v.bfloat16(), (2 * torch.sigmoid(b)).bfloat16()
+    q, k, v, g, b = make_inputs(B, T, H, DK, DV, device, seed)
+    q, k = (F.normalize(t, dim=-1).to(dtype) for t in (q, k))
+    v, beta = v.to(dtype), (2 * torch.sigmoid(b)).to(dtype)
     g_cum = chunk_local_cumsum(g.float(), chunk_size=C, scale=RCP_LN2)
     w, u, _ = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
-    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
-    do = torch.randn(B, T, H, DV, device="cuda", generator=gen).bfloat16()
-    dv = torch.randn(B, T, H, DV, device="cuda", generator=gen).bfloat16()
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    do = torch.randn(B, T, H, DV, device=device, generator=gen).to(dtype)
+    dv = torch.randn(B, T, H, DV, device=device, generator=gen).to(dtype)
     return dict(q=q, k=k, w=w, u=u, g=g_cum, do=do, dv=dv)
 
 

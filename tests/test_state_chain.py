@@ -1,0 +1,98 @@
+"""tools/kernels/state_chain.py (candidate, not used by training): the two GDN state recurrences as a chunk-parallel
+part and a one-product chain, on the CPU under Triton's interpreter against a float64 step-by-step reference and
+against fla-core 0.6.0's own chunk_gated_delta_rule_fwd_h / bwd_dhu on the same inputs (fp32, so that both are
+exact to rounding): lengths that are not a multiple of the chunk, head dims that are not powers of two, several
+sequences and heads, fast and slow decay. On a GPU: tools/gpu/bench_state_chain.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import textwrap
+
+import pytest
+
+from test_fla_interpreted import INTERP_PATCHES
+from test_triton_conv import TRITON_DIR, run_with_triton
+
+CHECK = INTERP_PATCHES + textwrap.dedent("""
+    sys.path.insert(0, sys.argv[-1])
+    from tools.checks import rel
+    from tools.kernels import state_chain as sc
+    from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+    torch.manual_seed(int(sys.argv[2]))
+    for B, T, H, K, V, decay in ((1, 256, 2, 16, 32, 0.1), (2, 300, 1, 12, 24, 0.5), (1, 200, 3, 20, 40, 2.0)):
+        q, k, w = (torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1) for _ in range(3))
+        u, do, dv = (torch.randn(B, T, H, V) for _ in range(3))
+        g = chunk_local_cumsum(-torch.rand(B, T, H) * decay, chunk_size=64, scale=RCP_LN2)  # as the state op
+        scale = K ** -0.5
+        poison = [torch.full((B, -(-T // 64), H, K, V), float("nan")), torch.full_like(u, float("nan"))]
+        h, v_new = sc.fwd_h(k, w, u, g)
+        dh, dv2 = sc.bwd_dhu(q, k, w, g, do, dv, scale)
+        ours = (h, v_new, dh, dv2)
+        assert all(torch.isfinite(t).all() for t in ours)  # every element written
+        assert [t.shape for t in ours] == [poison[0].shape, u.shape, poison[0].shape, dv.shape]
+        ref = sc.reference(q, k, w, u, g, do, dv, scale)
+        h_f, v_f, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=None, output_final_state=False,
+                                                   chunk_size=64)
+        dh_f, _, dv2_f = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g, h0=None, dht=None, do=do, dv=dv,
+                                                        scale=scale, chunk_size=64)
+        for name, a, r, f in zip(("h", "v_new", "dh", "dv2"), ours, ref, (h_f, v_f, dh_f, dv2_f)):
+            e_ref, e_fla = rel(a.double(), r), rel(a, f)
+            print(B, T, H, K, V, decay, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e}")
+            assert e_ref < 1e-5 and e_fla < 1e-5, (name, e_ref, e_fla)
+    print("ok")
+""")
+
+
+def test_state_chain_matches_reference_and_fla():
+    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
+        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
+                    "TRITON_INTERP_DIR)")
+    r = run_with_triton(CHECK, "0")
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+
+
+HAND = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[-1])
+    from tools.kernels.state_chain import reference
+    k, w, u = (torch.tensor(x).view(1, 2, 1, 1) for x in ([2.0, 3.0], [0.5, 0.25], [1.0, -1.0]))
+    q, do, dv = k.clone(), u.clone(), torch.tensor([4.0, 5.0]).view(1, 2, 1, 1)
+    g = torch.tensor([-1.0, -2.0]).view(1, 2, 1)
+    h, v_new, dh, dv2 = reference(q, k, w, u, g, do, dv, scale=1.0, chunk=1)
+    print(h.flatten().tolist(), v_new.flatten().tolist(), dh.flatten().tolist(), dv2.flatten().tolist())
+""")
+
+
+def test_reference_recurrence_by_hand():
+    """The float64 reference worked by hand: two chunks of one row (chunk=1), one head, K = V = 1, log2 decays
+    g = (-1, -2). Forward: h_0 = 0, v_new_0 = u_0 = 1, h_1 = 2^-1 h_0 + k_0 v_new_0 = 2, v_new_1 = u_1 - w_1 h_1 =
+    -1.5. Backward: dh_1 = 0 (after the last chunk), dv2_1 = dv_1 = 5, dh_0 = 2^-2 dh_1 + q_1 2^-2 do_1 - w_1 dv2_1
+    = -0.75 - 1.25 = -2, dv2_0 = dv_0 + k_0 dh_0 = 4 - 4 = 0."""
+    r = run_with_triton(HAND, interpret=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split("\n")[0] == "[0.0, 2.0] [1.0, -1.5] [-2.0, 0.0] [0.0, 5.0]", r.stdout
+
+
+BENCH_CHECK = INTERP_PATCHES + textwrap.dedent("""
+    sys.path.insert(0, sys.argv[-1])
+    from tools.gpu.bench_recurrence_tiles import make_recurrence_inputs
+    from tools.gpu.bench_state_chain import compare
+    x = make_recurrence_inputs(1, 192, 0, device="cpu", dtype=torch.float32)  # the study's heads and head dims
+    errs = compare(x, with_fp64=True)
+    print(errs)
+    assert set(errs) == {"h", "v_new", "dh", "dv2"}
+    assert all(max(e) < 1e-5 for e in errs.values()), errs
+    print("ok")
+""")
+
+
+def test_bench_tool_compares_with_fla_and_float64():
+    """tools/gpu/bench_state_chain.py's comparison (the part of it that does not time) on the study's head shapes
+    (8 heads, dk 42, dv 84), fp32 on the CPU: ours, FLA's and float64 agree."""
+    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
+        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
+    r = run_with_triton(BENCH_CHECK, "0")
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]

@@ -1,0 +1,93 @@
+"""The candidate state recurrences of tools/kernels/state_chain.py (a chunk-parallel part + a one-product chain)
+against FLA's chunk_gated_delta_rule_fwd_h / bwd_dhu (with v21's BV=16 configs in FLA's autotuner, as the hybrid
+runs them at 32k), on the study's micro-batch shapes: each output's relative difference from FLA's and from a
+float64 evaluation of the same recurrence (on the first shape only: it runs on the CPU), and ms per call (one CUDA
+graph of --iters calls), with the ratio ours / FLA's. Inputs as tools/gpu/bench_recurrence_tiles.py makes them
+(fresh random q, k, v, g, beta through FLA's own intra-chunk forward).
+
+    python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--reference-shape 1x2048]
+
+Prediction (PERF_NOTES, v21 section): fwd 617 -> ~430 us, bwd 1165 -> ~430 us per call at 2x32768.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.checks import graph_ms, rel  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import DK, kernels, make_recurrence_inputs, parse_shapes  # noqa: E402
+
+
+def ours(x: dict[str, torch.Tensor]):
+    from tools.kernels import state_chain as sc
+    scale = DK ** -0.5
+    return [("fwd_h", lambda: sc.fwd_h(x["k"], x["w"], x["u"], x["g"])),
+            ("bwd_dhu", lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale))]
+
+
+def compare(x: dict[str, torch.Tensor], with_fp64: bool) -> dict[str, tuple[float, float, float]]:
+    """Output name -> (ours vs FLA's, ours vs float64, FLA's vs float64) relative differences (the float64 pair
+    NaN without with_fp64): h and v_new of the forward, dh and dv2 of the backward."""
+    from tools.kernels import state_chain as sc
+    mine = [t for _, call in ours(x) for t in call()]
+    fla = [t for _, _, call in kernels(x) for t in call()]
+    ref = sc.reference(*(x[n].cpu() for n in ("q", "k", "w", "u", "g", "do", "dv")), scale=DK ** -0.5) \
+        if with_fp64 else [None] * 4
+    out = {}
+    for name, m, f, r in zip(("h", "v_new", "dh", "dv2"), mine, fla, ref):
+        nan = float("nan")
+        out[name] = (rel(m.float(), f.float()), rel(m.double().cpu(), r) if r is not None else nan,
+                     rel(f.double().cpu(), r) if r is not None else nan)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
+    p.add_argument("--reference-shape", default="1x2048", help="a small BxT also checked against float64")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    shapes = parse_shapes(p, a.shapes)
+    ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
+    if len(ref_shape) != 1:
+        p.error(f"--reference-shape {a.reference_shape!r}: expected one BxT pair (it runs in float64 on the CPU)")
+    if a.iters < 1:
+        p.error(f"--iters {a.iters}: expected a positive integer")
+    if not torch.cuda.is_available():
+        print("bench_state_chain: needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+
+    from tools.gpu import cuda_model
+    gdn = cuda_model.load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.py", "train_gpt_gdn")
+    why = gdn.widen_recurrence_tiles()  # FLA as the hybrid runs it at 32k
+    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
+          f"iters={a.iters} fla_bv16:{'added' if why is None else why}")
+    # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
+    B, T = ref_shape[0]
+    x = make_recurrence_inputs(B, T, a.seed)
+    for name, (e_fla, e_ours64, e_fla64) in compare(x, with_fp64=True).items():
+        print(f"check {B}x{T} {name}: ours vs fla {e_fla:.2e}, ours vs fp64 {e_ours64:.2e}, fla vs fp64 {e_fla64:.2e}")
+    rows = []
+    for B, T in shapes:
+        x = make_recurrence_inputs(B, T, a.seed)
+        for (name, _, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
+            f_out, o_out = fla_call(), our_call()
+            errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
+            f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
+            rows.append((name, B, T, f_ms, o_ms, errs))
+            print(f"{name} {B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); "
+                  f"rel diff {' '.join(f'{e:.1e}' for e in errs)}", flush=True)
+    for name, B, T, f_ms, o_ms, errs in rows:
+        print(f"state_chain kernel:{name} shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} "
+              f"ratio:{o_ms / f_ms:.4f} max_rel_diff:{max(errs):.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
