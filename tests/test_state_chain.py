@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from test_fla_interpreted import INTERP_PATCHES
+from test_triton_sm90_compile import SM90_HELPER
 from test_triton_conv import TRITON_DIR, run_with_triton
 
 CHECK = INTERP_PATCHES + textwrap.dedent("""
@@ -96,3 +97,33 @@ def test_bench_tool_compares_with_fla_and_float64():
         pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
     r = run_with_triton(BENCH_CHECK, "0")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+
+
+SM90 = SM90_HELPER + textwrap.dedent("""
+    from tools.kernels import state_chain as sc
+    ptr = lambda names, t: {n: t for n in names}  # noqa: E731
+    shape = dict(H=8, K=42, V=84, BK=64)
+    prep = {**ptr("k w x do dv".split(), "*bf16"), "g": "*fp32", "A": "*fp32", "Bm": "*fp32", "scale": "fp32",
+            "T": "i32", "NT": "i32"}
+    chain = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
+    epi = {**ptr("X S base".split(), "*bf16"), "g": "*fp32", "out": "*bf16", "T": "i32", "NT": "i32"}
+    for backward in (False, True):
+        print("sm90 prep", backward, compile_sm90(sc._prep_kernel, prep, dict(shape, BT=64, BV=128,
+                                                                              BACKWARD=backward, IEEE=False)))
+        print("sm90 epilogue", backward, compile_sm90(sc._epilogue_kernel, epi, dict(shape, BT=64, BV=64,
+                                                                                     BACKWARD=backward, IEEE=False)))
+    for cfg in sc._chain_kernel.configs:  # every config the autotuner may pick, both directions
+        for reverse in (False, True):
+            used = compile_sm90(sc._chain_kernel.fn, chain, dict(shape, REVERSE=reverse, IEEE=False, **cfg.kwargs),
+                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            print("sm90 chain", cfg, reverse, used)
+    print("ok")
+""")
+
+
+def test_kernels_compile_for_hopper():
+    """What only the GPU compiler refuses (a dot's shapes or precision, a layout's lowering): the three kernels,
+    every chain config, compiled for sm_90 and assembled by ptxas on this machine (no GPU)."""
+    r = run_with_triton(SM90, interpret=False)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+    assert r.stdout.count("sm90 chain") == 36 and r.stdout.count("sm90 prep") == 2

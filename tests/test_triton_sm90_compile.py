@@ -10,15 +10,30 @@ import textwrap
 
 from test_triton_conv import run_with_triton
 
-COMPILE = textwrap.dedent("""
+# compile_sm90(fn, signature, constexprs): one Triton kernel compiled for sm_90 and assembled by the bundled ptxas
+# for sm_90a; returns ptxas' registers / spills line (shared with test_state_chain.py).
+SM90_HELPER = textwrap.dedent("""
     import importlib.util, os, subprocess, sys, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     sys.path.insert(0, sys.argv[-1])
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+    def compile_sm90(fn, sig, const, num_warps=4, num_stages=3):
+        sig = {**sig, **{k: "constexpr" for k in const}}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": num_warps, "num_stages": num_stages})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(k.asm["ptx"])
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+        assert r.returncode == 0, (fn.__name__, r.stderr[-2000:])
+        return " | ".join(l.split("info    : ")[-1].strip() for l in r.stderr.splitlines() if "Used" in l or "spill" in l)
+""")
+
+COMPILE = SM90_HELPER + textwrap.dedent("""
     spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
     gdn = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
     def jit_functions(launcher):  # the kernels a launcher closes over (autotuned ones unwrapped)
         jit = triton.runtime.jit.JITFunction
@@ -41,15 +56,7 @@ COMPILE = textwrap.dedent("""
          dict(H=8, K=42, V=84, BT=64, BK=64, BV=64, IEEE=False)),
     ]
     for name, sig, const in cases:
-        sig = {**sig, **{k: "constexpr" for k in const}}
-        k = triton.compile(ASTSource(fn=kernels[name], signature=sig, constexprs=const),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(k.asm["ptx"])
-        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
-        assert r.returncode == 0, (name, r.stderr[-2000:])
-        used = " | ".join(l.split("info    : ")[-1].strip() for l in r.stderr.splitlines() if "Used" in l or "spill" in l)
-        print(f"sm90 {name}: {used}")
+        print(f"sm90 {name}: {compile_sm90(kernels[name], sig, const)}")
     print("ok")
 """)
 
