@@ -28,7 +28,8 @@ SM90_HELPER = textwrap.dedent("""
             f.write(k.asm["ptx"])
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
         assert r.returncode == 0, (fn.__name__, r.stderr[-2000:])
-        return " | ".join(l.split("info    : ")[-1].strip() for l in r.stderr.splitlines() if "Used" in l or "spill" in l)
+        return " | ".join(ln.split("info    : ")[-1].strip() for ln in r.stderr.splitlines()
+                          if "Used" in ln or "spill" in ln)
 """)
 
 COMPILE = SM90_HELPER + textwrap.dedent("""

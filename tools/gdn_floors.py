@@ -70,7 +70,8 @@ def gdn_kernels(seqs: int, T: int, H: int = 8, K: int = 42, V: int = 84, C: int 
         Kernel("kernel_kernel", "bwd", 2 * qk + 3 * vv + 2 * state + n * f + 3 * qk + n * f,
                n * 2 * (C * V + 3 * K * V + 2 * C * K)),
         # the WY backward: read k, v, beta, g, A, dw, du; write dk2, dv, dbeta, dg2
-        Kernel("prepare_wy_repr_bwd_kernel", "bwd", 2 * qk + 2 * vv + n * e + n * f + n * C * e + qk + vv + n * e + n * f,
+        Kernel("prepare_wy_repr_bwd_kernel", "bwd",
+               2 * qk + 2 * vv + n * e + n * f + n * C * e + qk + vv + n * e + n * f,
                n * 2 * (2 * C * K + 2 * C * V + 2 * C * C + C * K)),
     ]
 
