@@ -56,3 +56,5 @@ def test_cli_table_and_errors():
     assert r.returncode == 2 and "--profile needs --steps" in r.stderr
     r = subprocess.run([sys.executable, tool, "--seq-len", "3000"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch-tokens 393216" in r.stderr
+    r = subprocess.run([sys.executable, tool, "--batch-tokens", "-524288"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch-tokens >= 0" in r.stderr

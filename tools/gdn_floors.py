@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="a torch.profiler kernel table of the hybrid at this length")
     p.add_argument("--steps", type=int, default=0, help="training steps the table recorded (with --profile)")
     a = p.parse_args(argv)
-    if a.seq_len < 64 or a.gdn_layers < 1:
-        p.error("--seq-len must be >= 64 and --gdn-layers >= 1")
+    if a.seq_len < 64 or a.gdn_layers < 1 or a.batch_tokens < 0:
+        p.error("--seq-len must be >= 64, --gdn-layers >= 1 and --batch-tokens >= 0 (0: the preset)")
     batch = a.batch_tokens or (393216 if a.seq_len <= 16384 else 524288)
     if batch % (8 * a.seq_len):
         p.error(f"--batch-tokens {batch}: expected a multiple of 8 micro-batches x --seq-len {a.seq_len}")

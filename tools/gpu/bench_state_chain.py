@@ -1,13 +1,13 @@
 """The candidate state recurrences of tools/kernels/state_chain.py (a chunk-parallel part + a one-product chain)
 against FLA's chunk_gated_delta_rule_fwd_h / bwd_dhu (with v21's BV=16 configs in FLA's autotuner, as the hybrid
-runs them at 32k), on the study's micro-batch shapes: each output's relative difference from FLA's and from a
-float64 evaluation of the same recurrence (on the first shape only: it runs on the CPU), and ms per call (one CUDA
-graph of --iters calls), with the ratio ours / FLA's. Inputs as tools/gpu/bench_recurrence_tiles.py makes them
+runs them at 32k), on the study's micro-batch shapes: each output's relative difference from FLA's, and ms per call
+(one CUDA graph of --iters calls) with the ratio ours / FLA's; first, on the small --reference-shape, both against a
+float64 evaluation of the same recurrence (it runs on the CPU). Inputs as tools/gpu/bench_recurrence_tiles.py makes them
 (fresh random q, k, v, g, beta through FLA's own intra-chunk forward).
 
     python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--reference-shape 1x2048]
 
-Prediction (PERF_NOTES, v21 section): fwd 617 -> ~430 us, bwd 1165 -> ~430 us per call at 2x32768.
+Prediction (PERF_NOTES, v22 candidate section): fwd 617 -> ~430 us, bwd 1165 -> ~430 us per call at 2x32768.
 """
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def _chain_kernel(A, Bm, S, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexp
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
-    mk, mv = kk < K, i_v * BV + tl.arange(0, BV) < V
+    mk, mv = kk < K, vv < V
     if REVERSE:  # A_c^T: A read with its strides swapped (a load, not a transpose of a product)
         a_off = kk[None, :] * K + kk[:, None]
     else:
