@@ -128,6 +128,7 @@ class Hyperparameters:
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
+        self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "0", ("0", "1"))  # with h: our state recurrences
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -946,56 +947,175 @@ def register_fla_gdn_op() -> str | None:
 GDN_OP = None  # the custom op, once registered (CUDA with fla-core 0.6.x)
 
 
-def build_v_new_kernel():
-    """Our Triton kernel for the delta rule's corrected values v_new = u - w h per 64-row chunk, from the chunk
-    states h that the forward saved (GDN_SAVE_STATE auto or 1): the product FLA's state recurrence forms as it goes
-    (bf16 operands, fp32 accumulation, one rounding), here chunk-parallel. w (B, T, H, K), u (B, T, H, V) and
-    h (B, T/64, H, K, V) contiguous; returns v_new like u."""
+def build_state_kernels() -> dict:
+    """Our Triton kernels for the gated delta rule's two state recurrences, FLA's chunk_gated_delta_rule_fwd_h and
+    bwd_dhu without initial or final state (GDN_STATE_CHAIN, v22), and for v_new = u - w h from saved chunk states
+    (GDN_SAVE_WV=0). Both recurrences are affine in the state, with per-chunk matrices that do not depend on it:
+        forward   h_{c+1} = A_c h_c + B_c,     A_c = 2^g_last I - k~^T w,   B_c = k~^T u,   k~ = k 2^(g_last - g)
+        backward  D_{c-1} = A_c^T D_c + R_c,   R_c = (q 2^g)^T do scale - w^T dv
+    (D_c: the gradient of the state after chunk c, FLA's dh[c]; g: the chunk-local cumulative log2 decay). So a
+    chunk-parallel kernel forms A_c and B_c (or R_c) in fp32, a chain kernel walks the chunks with one tf32
+    (K x K) @ (K x BV) product a step (FLA's walk chains two products forward, three backward, each a step of
+    512 at 32k), and a chunk-parallel epilogue forms v_new = u - w h_c or dv2 = dv + 2^(g_last - g) (k D_c) with
+    bf16 operands and fp32 accumulation, as FLA does. Layouts and dtypes are FLA's: (B, T, H, .) inputs, states
+    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "kernels"}."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def v_new_kernel(u, w, h, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+    def prep_kernel(k, w, x, do, dv, g, A, Bm, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,
+                    IEEE: tl.constexpr):
+        # one program per (chunk, sequence x head): A_c and B_c (x = u) or R_c (x = q)
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        t = i_t * BT + tl.arange(0, BT)
+        kk, vv = tl.arange(0, BK), tl.arange(0, BV)
+        mt, mk, mv = t < T, kk < K, vv < V
+        rows = (i_b * T + t) * H + i_h  # (b, t, h) row of every input
+        mtk, mtv = mt[:, None] & mk[None, :], mt[:, None] & mv[None, :]
+        g_last = tl.load(g + (i_b * T + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
+        b_g = tl.load(g + rows, mask=mt, other=0.0)
+        b_k = tl.load(k + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
+        b_w = tl.load(w + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
+        # k~ rounded to k's dtype, as FLA rounds its gated v_new before the state update
+        b_ke = (b_k.to(tl.float32) * tl.where(mt, tl.exp2(g_last - b_g), 0.0)[:, None]).to(b_k.dtype)
+        if IEEE:  # fp32 operands, or Triton's CPU interpreter (no bf16 dot): full fp32 products, not TF32
+            kw = tl.dot(tl.trans(b_ke).to(tl.float32), b_w.to(tl.float32), input_precision="ieee")
+        else:
+            kw = tl.dot(tl.trans(b_ke), b_w)
+        b_a = tl.exp2(g_last) * (kk[:, None] == kk[None, :]).to(tl.float32) - kw
+        chunk = (i_b * NT + i_t) * H + i_h
+        tl.store(A + chunk * K * K + kk[:, None] * K + kk[None, :], b_a, mask=mk[:, None] & mk[None, :])
+        if BACKWARD:
+            b_q = tl.load(x + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
+            b_qg = b_q.to(tl.float32) * tl.where(mt, tl.exp2(b_g), 0.0)[:, None]  # fp32, as FLA's dhu keeps it
+            b_do = tl.load(do + rows[:, None] * V + vv[None, :], mask=mtv, other=0.0)
+            b_dv = tl.load(dv + rows[:, None] * V + vv[None, :], mask=mtv, other=0.0)
+            if IEEE:
+                b_b = tl.dot(tl.trans(b_qg), b_do.to(tl.float32), input_precision="ieee") * scale
+                b_b -= tl.dot(tl.trans(b_w).to(tl.float32), b_dv.to(tl.float32), input_precision="ieee")
+            else:
+                b_b = tl.dot(tl.trans(b_qg), b_do.to(tl.float32)) * scale - tl.dot(tl.trans(b_w), b_dv)
+        else:
+            b_u = tl.load(x + rows[:, None] * V + vv[None, :], mask=mtv, other=0.0)
+            if IEEE:
+                b_b = tl.dot(tl.trans(b_ke).to(tl.float32), b_u.to(tl.float32), input_precision="ieee")
+            else:
+                b_b = tl.dot(tl.trans(b_ke), b_u)
+        tl.store(Bm + chunk * K * V + kk[:, None] * V + vv[None, :], b_b, mask=mk[:, None] & mv[None, :])
+
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=ns)
+                              for bv in (16, 32, 64) for nw in (2, 4) for ns in (2, 3, 4)],
+                     key=["K", "V", "BK", "REVERSE", "IEEE"])
+    @triton.jit
+    def chain_kernel(A, Bm, S, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, REVERSE: tl.constexpr, IEEE: tl.constexpr):
+        # one program per (value tile, sequence x head): s <- A_c s + B_c over c ascending, or s <- A_c^T s + B_c
+        # over c descending (REVERSE), storing s before each chunk's update at S[c]
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+        mk, mv = kk < K, vv < V
+        a_off = kk[None, :] * K + kk[:, None] if REVERSE else kk[:, None] * K + kk[None, :]  # A^T: swapped strides
+        s = tl.zeros([BK, BV], dtype=tl.float32)
+        for i in range(NT):
+            c = NT - 1 - i if REVERSE else i
+            chunk = (i_b * NT + c) * H + i_h
+            tl.store(S + chunk * K * V + kk[:, None] * V + vv[None, :], s.to(S.dtype.element_ty),
+                     mask=mk[:, None] & mv[None, :])
+            b_a = tl.load(A + chunk * K * K + a_off, mask=mk[:, None] & mk[None, :], other=0.0)
+            b_b = tl.load(Bm + chunk * K * V + kk[:, None] * V + vv[None, :], mask=mk[:, None] & mv[None, :],
+                          other=0.0)
+            s = tl.dot(b_a, s, input_precision="ieee" if IEEE else "tf32") + b_b
+
+    @triton.jit
+    def epilogue_kernel(X, S, base, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,
+                        IEEE: tl.constexpr):
+        # out = base - X S_c (u - w h_c) or base + 2^(g_last - g) (X S_c) (dv + gated k D_c), X S_c with S in its
+        # stored dtype and fp32 accumulation; one program per (value tile, chunk, sequence x head)
         i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         t = i_t * BT + tl.arange(0, BT)
-        kk = tl.arange(0, BK)
-        vv = i_v * BV + tl.arange(0, BV)
+        kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
         mt, mk, mv = t < T, kk < K, vv < V
-        rows = (i_b * T + t) * H + i_h  # (b, t, h) row of w, u and out
-        b_w = tl.load(w + rows[:, None] * K + kk[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        b_h = tl.load(h + (((i_b * NT + i_t) * H + i_h) * K + kk[:, None]) * V + vv[None, :],
+        rows = (i_b * T + t) * H + i_h
+        b_x = tl.load(X + rows[:, None] * K + kk[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        b_s = tl.load(S + (((i_b * NT + i_t) * H + i_h) * K + kk[:, None]) * V + vv[None, :],
                       mask=mk[:, None] & mv[None, :], other=0.0)
-        if IEEE:  # fp32 operands, or Triton's CPU interpreter (no bf16 dot): full fp32 products, not TF32
-            wh = tl.dot(b_w.to(tl.float32), b_h.to(tl.float32), input_precision="ieee")
-        else:  # bf16 operands, fp32 accumulation: as FLA's recurrence forms the product
-            wh = tl.dot(b_w, b_h.to(b_w.dtype))
+        if IEEE:
+            xs = tl.dot(b_x.to(tl.float32), b_s.to(tl.float32), input_precision="ieee")
+        else:
+            xs = tl.dot(b_x, b_s.to(b_x.dtype))
         m = mt[:, None] & mv[None, :]
-        b_u = tl.load(u + rows[:, None] * V + vv[None, :], mask=m, other=0.0).to(tl.float32)
-        tl.store(out + rows[:, None] * V + vv[None, :], (b_u - wh).to(out.dtype.element_ty), mask=m)
+        b_base = tl.load(base + rows[:, None] * V + vv[None, :], mask=m, other=0.0).to(tl.float32)
+        if BACKWARD:
+            g_last = tl.load(g + (i_b * T + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
+            res = b_base + xs * tl.where(mt, tl.exp2(g_last - tl.load(g + rows, mask=mt, other=0.0)), 0.0)[:, None]
+        else:
+            res = b_base - xs
+        tl.store(out + rows[:, None] * V + vv[None, :], res.to(out.dtype.element_ty), mask=m)
 
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    C = 64  # FLA's chunk size
 
-    def v_new(u: Tensor, w: Tensor, h: Tensor) -> Tensor:
-        (B, T, H, K), V, NT = w.shape, u.size(-1), h.size(1)
-        BK, BV = max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
-        out = torch.empty_like(u)
-        v_new_kernel[(triton.cdiv(V, BV), NT, B * H)](u, w, h, out, T, NT, H=H, K=K, V=V, BT=64, BK=BK, BV=BV,
-                                                      IEEE=w.dtype == torch.float32 or interpreted)
+    def dims(x: Tensor) -> tuple[int, int, int, int, int, int, bool]:
+        B, T, H, K = x.shape
+        return B, T, H, K, triton.cdiv(T, C), max(16, triton.next_power_of_2(K)), \
+            x.dtype == torch.float32 or interpreted
+
+    def epilogue(X: Tensor, S: Tensor, base: Tensor, g: Tensor, backward: bool) -> Tensor:
+        B, T, H, K, NT, BK, ieee = dims(X)
+        V = base.size(-1)
+        BV = min(64, max(16, triton.next_power_of_2(V)))
+        out = torch.empty_like(base)
+        epilogue_kernel[(triton.cdiv(V, BV), NT, B * H)](X, S, base, g, out, T, NT, H=H, K=K, V=V, BT=C, BK=BK,
+                                                         BV=BV, BACKWARD=backward, IEEE=ieee)
         return out
 
-    return v_new
+    def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
+              backward: bool) -> Tensor:
+        B, T, H, K, NT, BK, ieee = dims(k)
+        A = torch.empty(B, NT, H, K, K, device=k.device, dtype=torch.float32)
+        Bm = torch.empty(B, NT, H, K, V, device=k.device, dtype=torch.float32)
+        prep_kernel[(NT, B * H)](k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK,
+                                 BV=max(16, triton.next_power_of_2(V)), BACKWARD=backward, IEEE=ieee)
+        S = torch.empty(B, NT, H, K, V, device=k.device, dtype=k.dtype)
+        chain_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](A, Bm, S, NT, H=H, K=K, V=V, BK=BK,
+                                                                       REVERSE=backward, IEEE=ieee)
+        return S
+
+    def v_new(u: Tensor, w: Tensor, h: Tensor) -> Tensor:
+        """u - w h per chunk from saved states h; w (B, T, H, K), u (B, T, H, V) contiguous."""
+        return epilogue(w, h, u, u, backward=False)  # the g argument is not read forward
+
+    def fwd_h(k: Tensor, w: Tensor, u: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """(h, the state at each chunk's start in k's dtype; v_new = u - w h like u); g fp32 (B, T, H)."""
+        k, w, u, g = (t.contiguous() for t in (k, w, u, g))
+        h = chain(k, w, u, u, u, g, u.size(-1), 1.0, backward=False)
+        return h, epilogue(w, h, u, g, backward=False)
+
+    def bwd_dhu(q: Tensor, k: Tensor, w: Tensor, g: Tensor, do: Tensor, dv: Tensor,
+                scale: float) -> tuple[Tensor, Tensor]:
+        """(dh, the gradient of the state after each chunk in q's dtype; dv2 = dv + 2^(g_last - g) (k dh))."""
+        q, k, w, g, do, dv = (t.contiguous() for t in (q, k, w, g, do, dv))
+        dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True)
+        return dh, epilogue(k, dh, dv, g, backward=True)
+
+    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu,
+            "kernels": {"prep": prep_kernel, "chain": chain_kernel, "epilogue": epilogue_kernel}}
 
 
 def register_fla_gdn_state_op() -> str | None:
     """GDN_SAVE_STATE (auto/1): FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
     recurrence (latency-bound: ~5% of the hybrid's 32k step). The backward runs FLA's backward
-    kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from build_v_new_kernel instead
-    of that pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it
-    also keeps the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u
-    recompute and our v_new kernel (v18). Returns None when registered (as GDN_STATE_OP), else why not."""
+    kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from our kernel instead of that
+    pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it also keeps
+    the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u recompute and
+    our v_new kernel (v18). With GDN_STATE_CHAIN the two state recurrences are ours (build_state_kernels, v22)
+    instead of FLA's fwd_h / bwd_dhu. Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1018,7 +1138,7 @@ def register_fla_gdn_state_op() -> str | None:
             (prepare_wy_repr_bwd, {"k", "v", "beta", "g", "A", "dw", "du"})))
         if why:
             return why
-        v_new_from_h = build_v_new_kernel()
+        ours = build_state_kernels()
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     C = 64  # FLA's chunk size, which h is saved at
@@ -1029,8 +1149,11 @@ def register_fla_gdn_state_op() -> str | None:
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
         w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
-        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
-                                                   output_final_state=False, chunk_size=C)
+        if GDN_STATE_CHAIN:
+            h, v_new = ours["fwd_h"](k, w, u, g_cum)
+        else:
+            h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
+                                                       output_final_state=False, chunk_size=C)
         o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
         return o.to(q.dtype), A, g_cum, h, w, v_new
 
@@ -1043,14 +1166,18 @@ def register_fla_gdn_state_op() -> str | None:
 
     @torch.library.custom_op("gdn_repro::chunk_gdr_bwd_state", mutates_args=())
     def bwd(q: Tensor, k: Tensor, v: Tensor, g_cum: Tensor, beta: Tensor, A: Tensor, h: Tensor, w: Tensor | None,
-            v_new: Tensor | None, do: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+            v_new: Tensor | None, do: Tensor, scale: float,
+            chain: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         q, k, v, beta, do = (t.contiguous() for t in (q, k, v, beta, do))
         if w is None or v_new is None:  # GDN_SAVE_WV=0: recompute them
             w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
-            v_new = v_new_from_h(u, w, h)  # instead of FLA's second pass of the state recurrence
+            v_new = ours["v_new"](u, w, h)  # instead of FLA's second pass of the state recurrence
         dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
-        dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
-                                                   scale=scale, chunk_size=C)
+        if chain:  # the forward's GDN_STATE_CHAIN
+            dh, dv = ours["bwd_dhu"](q, k, w, g_cum, do, dv, scale)
+        else:
+            dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
+                                                       scale=scale, chunk_size=C)
         dq, dk, dw, dg = chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g_cum, h=h, dv=dv, do=do, dh=dh, scale=scale,
                                          chunk_size=C)
         dk2, dv, db, dg2 = prepare_wy_repr_bwd(k=k, v=v, beta=beta, g=g_cum, A=A, dw=dw, du=dv)
@@ -1060,21 +1187,21 @@ def register_fla_gdn_state_op() -> str | None:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype)
 
     @bwd.register_fake
-    def _(q, k, v, g_cum, beta, A, h, w, v_new, do, scale):
+    def _(q, k, v, g_cum, beta, A, h, w, v_new, do, scale, chain):
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
                 torch.empty_like(beta))
 
     def setup_context(ctx, inputs, output):
         q, k, v, g, beta, scale = inputs
         _, A, g_cum, h, w, v_new = output
-        ctx.keep_wv = GDN_SAVE_WV
+        ctx.keep_wv, ctx.chain = GDN_SAVE_WV, GDN_STATE_CHAIN
         ctx.save_for_backward(q, k, v, g_cum, beta, A, h, *((w, v_new) if ctx.keep_wv else ()))
         ctx.scale = scale
 
     def backward(ctx, do, dA, dg_cum, dh, dw, dv_new):
         q, k, v, g_cum, beta, A, h, *wv = ctx.saved_tensors
         w, v_new = wv if ctx.keep_wv else (None, None)
-        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, w, v_new, do, ctx.scale)
+        dq, dk, dv, dg, db = bwd(q, k, v, g_cum, beta, A, h, w, v_new, do, ctx.scale, ctx.chain)
         return dq, dk, dv, dg, db, None
 
     fwd.register_autograd(backward, setup_context=setup_context)
@@ -1084,6 +1211,7 @@ def register_fla_gdn_state_op() -> str | None:
 
 GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
+GDN_STATE_CHAIN = False  # the state op runs our state recurrences, not FLA's (GDN_STATE_CHAIN, v22)
 
 
 def fla_recurrence_programs(args: Hyperparameters) -> int:
@@ -1368,8 +1496,8 @@ def triton_breaks_hopper_gdn(device: torch.device) -> str | None:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
-    global GDN_OP, GDN_SAVE_WV
-    GDN_SAVE_WV = False
+    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN
+    GDN_SAVE_WV = GDN_STATE_CHAIN = False
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1408,13 +1536,16 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     GDN_OP, GDN_SAVE_WV = GDN_STATE_OP, args.gdn_save_wv != "0"
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
                     note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
+                    GDN_STATE_CHAIN = args.gdn_state_chain == "1"
+                    note += "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)" if GDN_STATE_CHAIN else ""
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
                 else:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
             programs = fla_recurrence_programs(args)
-            if programs < 64:  # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x
+            # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x (not with v22's chain)
+            if programs < 64 and not GDN_STATE_CHAIN:
                 why = widen_recurrence_tiles()
                 note += f"; state recurrences autotuned with BV=16 tiles too ({programs} programs)" if why is None \
                     else f"; state recurrences: FLA's tiles (BV=16 not added: {why})"
@@ -1428,6 +1559,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
         raise ConfigError(f"GDN_SAVE_WV=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels), "
                           f"but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
+    if args.gdn_state_chain == "1" and not GDN_STATE_CHAIN:
+        raise ConfigError(f"GDN_STATE_CHAIN=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's "
+                          f"kernels), but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
+                          f"{', no GDN layers' if not gdn else ''}; use GDN_STATE_CHAIN=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

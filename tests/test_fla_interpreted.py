@@ -1,7 +1,7 @@
 """The hybrid's two FLA custom ops with fla-core 0.6.0's real Triton kernels, on the CPU under Triton's interpreter
 (fla-core and triton from run_tests.sh's TRITON_INTERP_DIR, in a subprocess): FLA's own op (register_fla_gdn_op)
 and the state-saving op (GDN_SAVE_STATE, the training default; also traced as one graph; with GDN_SAVE_WV's w and
-v_new kept, the same numbers), outputs and the gradients
+v_new kept, the same numbers; with our state recurrences of GDN_STATE_CHAIN), outputs and the gradients
 of q, k, v, g, beta in fp32, against our chunked PyTorch form; then the whole GDN layer with impl=fla (our conv op
 too) against impl=torch, for each op. The stand-in tests in test_gdn.py check the ops' wiring; this one checks that
 the wiring matches what FLA's kernels compute. Two interpreter-only adjustments, not in any code that trains:
@@ -78,7 +78,11 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
     got["state op, w/v_new kept"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     got["state op, w/v_new kept, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
                                                                  fullgraph=True, backend="aot_eager"))
-    gdn.GDN_SAVE_WV = False
+    gdn.GDN_STATE_CHAIN = True  # our state recurrences (GDN_STATE_CHAIN) in the op, with FLA's other kernels
+    got["state op, our recurrences"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    got["state op, our recurrences, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
+                                                                    fullgraph=True, backend="aot_eager"))
+    gdn.GDN_SAVE_WV = gdn.GDN_STATE_CHAIN = False
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
     # v21's BV=16 value tiles in FLA's two state recurrences (widen_recurrence_tiles): run alone, the same numbers
     assert gdn.widen_recurrence_tiles() is None
@@ -118,8 +122,8 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
 
     ref = run_layer(layer_t)
     plain, state = gdn.GDN_OP, gdn.GDN_STATE_OP
-    for name, op in (("fla op", plain), ("state op", state)):
-        gdn.GDN_OP = op
+    for name, op, chain in (("fla op", plain, False), ("state op", state, False), ("state op, ours", state, True)):
+        gdn.GDN_OP, gdn.GDN_STATE_CHAIN = op, chain
         errs = [rel(a, b) for a, b in zip(run_layer(layer_f), ref)]
         print("layer", name, f"max rel err {max(errs):.1e} over out, dx and {len(errs) - 2} weight gradients")
         assert max(errs) < 1e-4, (name, errs)  # fp32, two algorithms; the decay parameters' grads sum most

@@ -412,6 +412,23 @@ def test_gdn_save_wv_selection_on_fla_host(clean_env, state, wv, kept):
     assert gdn.GDN_SAVE_WV is False
 
 
+@pytest.mark.parametrize("chain", ["0", "1"])
+def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
+    """GDN_STATE_CHAIN=1 runs our state recurrences inside the state-saving op (and leaves FLA's BV=16 tiles
+    alone), 0 FLA's; the GDN line says which. 1 without the state op (GDN_SAVE_STATE=0) is refused."""
+    _, state = fake_fla_host(clean_env, None)
+    widened = []
+    clean_env.setattr(gdn, "widen_recurrence_tiles", lambda: widened.append(1))
+    args = small_args(clean_env, GDN_STATE_CHAIN=chain, TRAIN_SEQ_LEN="32768", TRAIN_BATCH_TOKENS="524288")
+    lines = gdn.prepare_mixers(args, torch.device("cuda"))
+    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN is (chain == "1")
+    assert ("our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (chain == "1")
+    assert ("BV=16" in lines[2]) == (chain == "0") and len(widened) == (chain == "0")
+    with pytest.raises(gdn.ConfigError, match="GDN_STATE_CHAIN=1: needs the state-saving op.*GDN_SAVE_STATE=0"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="0", GDN_STATE_CHAIN="1"), torch.device("cuda"))
+    assert gdn.GDN_STATE_CHAIN is False
+
+
 def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
     plain, _ = fake_fla_host(clean_env, "FLA changed")
     lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
@@ -476,14 +493,24 @@ for name, attrs in fake.items():
     sys.modules[name] = mod = types.ModuleType(name)
     mod.__dict__.update(attrs)
 
-def v_new_ref(u, w, h):  # u - w h per 64-row chunk, as build_v_new_kernel's kernel
+def v_new_ref(u, w, h):  # u - w h per 64-row chunk, as build_state_kernels' v_new
     B, T, H, K = w.shape
     wp = torch.nn.functional.pad(w, (0, 0, 0, 0, 0, h.size(1) * 64 - T)).view(B, -1, 64, H, K)
     return u - torch.einsum("bnchk,bnhkv->bnchv", wp, h).reshape(B, -1, H, u.size(-1))[:, :T]
 
 spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
 gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-gdn.build_v_new_kernel = lambda: v_new_ref
+def our_fwd_h(k, w, u, g):  # stand-ins for our state recurrences (GDN_STATE_CHAIN), recorded like FLA's
+    out = (torch.randn(k.size(0), NT(k.size(1)), k.size(2), k.size(3), u.size(3)), u * 0 + 7)
+    calls.append(("our_fwd_h", dict(k=k, w=w, u=u, g=g), out))
+    return out
+
+def our_bwd_dhu(q, k, w, g, do, dv, scale):
+    out = (torch.randn(k.size(0), NT(k.size(1)), k.size(2), k.size(3), dv.size(3)), dv + 2)
+    calls.append(("our_dhu", dict(q=q, k=k, w=w, g=g, do=do, dv=dv, scale=scale), out))
+    return out
+
+gdn.build_state_kernels = lambda: {"v_new": v_new_ref, "fwd_h": our_fwd_h, "bwd_dhu": our_bwd_dhu}
 assert gdn.register_fla_gdn_state_op() is None and gdn.GDN_STATE_OP is not None and gdn.GDN_OP is None
 B, T, H, K, V = 2, 100, 3, 8, 16
 q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
@@ -519,6 +546,27 @@ assert torch.equal(calls[1][1]["w"], w_fwd)
 assert torch.equal(calls[2][1]["w"], w_fwd) and torch.equal(calls[2][1]["v"], v_new_fwd)
 for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+
+gdn.GDN_STATE_CHAIN = True  # GDN_STATE_CHAIN: our recurrences in FLA's places, their outputs used downstream
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+calls.clear()
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+assert [c[0] for c in calls] == ["cumsum", "intra", "our_fwd_h", "fwd_o"], [c[0] for c in calls]
+w_fwd, u_fwd = calls[1][2][0], calls[1][2][1]
+h_ours, v_new_ours = calls[2][2]
+assert torch.equal(calls[2][1]["w"], w_fwd) and torch.equal(calls[2][1]["u"], u_fwd)
+assert torch.equal(calls[2][1]["g"], calls[0][2])  # the cumulative log2 decay
+assert torch.equal(calls[3][1]["h"], h_ours) and torch.equal(calls[3][1]["v"], v_new_ours)
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "our_dhu", "dqkwg", "wy_bwd", "cumsum"], names
+dv_local, (dh_ours, dv2_ours) = calls[0][2], calls[1][2]
+assert torch.equal(calls[1][1]["dv"], dv_local) and calls[1][1]["scale"] == 0.5
+assert torch.equal(calls[2][1]["dh"], dh_ours) and torch.equal(calls[2][1]["h"], h_ours)
+assert torch.equal(calls[2][1]["dv"], dv2_ours) and torch.equal(calls[3][1]["du"], dv2_ours)
+for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
+    assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 print("ok")
 '''
 
@@ -528,7 +576,8 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     backward runs FLA's backward functions in chunk_gated_delta_rule_bwd's order without a second state pass,
     feeding chunk_bwd_dqkwg the forward's states and v_new = u - w h from them; gradients come back in place
     (stand-ins for FLA's functions with fixed outputs, so each gradient names its source). With GDN_SAVE_WV the
-    backward skips the w/u recompute and takes the forward's w and v_new."""
+    backward skips the w/u recompute and takes the forward's w and v_new. With GDN_STATE_CHAIN our two state
+    recurrences run in the places of FLA's fwd_h and bwd_dhu, and their outputs feed the kernels after them."""
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

@@ -1,6 +1,6 @@
-"""tools/kernels/state_chain.py (candidate, not used by training): the two GDN state recurrences as a chunk-parallel
-part and a one-product chain, on the CPU under Triton's interpreter against a float64 step-by-step reference and
-against fla-core 0.6.0's own chunk_gated_delta_rule_fwd_h / bwd_dhu on the same inputs (fp32, so that both are
+"""The hybrid's own state recurrences (train_gpt_gdn.build_state_kernels, GDN_STATE_CHAIN=1, through
+tools/kernels/state_chain.py): the two GDN state recurrences as a chunk-parallel part and a one-product chain,
+on the CPU under Triton's interpreter against a float64 step-by-step reference and against fla-core 0.6.0's own chunk_gated_delta_rule_fwd_h / bwd_dhu on the same inputs (fp32, so that both are
 exact to rounding): lengths that are not a multiple of the chunk, head dims that are not powers of two, several
 sequences and heads, fast and slow decay. On a GPU: tools/gpu/bench_state_chain.py."""
 
@@ -108,13 +108,14 @@ SM90 = SM90_HELPER + textwrap.dedent("""
     chain = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
     epi = {**ptr("X S base".split(), "*bf16"), "g": "*fp32", "out": "*bf16", "T": "i32", "NT": "i32"}
     for backward in (False, True):
-        print("sm90 prep", backward, compile_sm90(sc._prep_kernel, prep, dict(shape, BT=64, BV=128,
+        print("sm90 prep", backward, compile_sm90(sc.kernels["prep"], prep, dict(shape, BT=64, BV=128,
                                                                               BACKWARD=backward, IEEE=False)))
-        print("sm90 epilogue", backward, compile_sm90(sc._epilogue_kernel, epi, dict(shape, BT=64, BV=64,
+        print("sm90 epilogue", backward, compile_sm90(sc.kernels["epilogue"], epi, dict(shape, BT=64, BV=64,
                                                                                      BACKWARD=backward, IEEE=False)))
-    for cfg in sc._chain_kernel.configs:  # every config the autotuner may pick, both directions
+    for cfg in sc.kernels["chain"].configs:  # every config the autotuner may pick, both directions
         for reverse in (False, True):
-            used = compile_sm90(sc._chain_kernel.fn, chain, dict(shape, REVERSE=reverse, IEEE=False, **cfg.kwargs),
+            used = compile_sm90(sc.kernels["chain"].fn, chain,
+                                dict(shape, REVERSE=reverse, IEEE=False, **cfg.kwargs),
                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             print("sm90 chain", cfg, reverse, used)
     print("ok")

@@ -1,6 +1,6 @@
 """The hybrid's own Triton kernels against PyTorch forms: the conv + SiLU kernels (train_gpt_gdn.build_conv_kernels,
 run as the custom op gdn_repro::conv_silu_fwd/bwd) and the v_new = u - w h kernel of GDN_SAVE_STATE=1
-(build_v_new_kernel), on the CPU under Triton's interpreter (TRITON_INTERPRET=1;
+(build_state_kernels' v_new), on the CPU under Triton's interpreter (TRITON_INTERPRET=1;
 triton from run_tests.sh's TRITON_INTERP_DIR or the installed one; in a subprocess, so that the other tests never
 import triton): the real kernels' outputs and gradients on fresh random inputs, a strided q|k|v-style view, lengths
 that are not a multiple of the tiles, eager and under torch.compile. On a GPU: tools/check_gdn_fla.py."""
@@ -65,7 +65,7 @@ V_NEW_CHECK = textwrap.dedent("""
     import importlib.util, sys, torch
     spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
     gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-    v_new = gdn.build_v_new_kernel()
+    v_new = gdn.build_state_kernels()["v_new"]
     torch.manual_seed(int(sys.argv[2]))
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         for B, T, H, K, V in ((2, 100, 3, 42, 84), (1, 64, 2, 16, 16), (1, 130, 1, 20, 100)):

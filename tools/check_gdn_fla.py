@@ -1,9 +1,10 @@
 """GPU check: fla-core's chunk_gated_delta_rule (the hybrid's CUDA path) against our chunked PyTorch gated
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through our custom op (FLA's forward/backward functions, traceable by torch.compile), the state-saving op
-of GDN_SAVE_STATE (also against our custom op; with GDN_SAVE_WV's kept w and v_new against itself) and FLA's
-public op; our Triton causal conv1d + SiLU (custom op) against our fp32 form; then the whole GatedDeltaNet layer
-with impl=fla, eager and compiled, against impl=torch (same weights, bf16 autocast).
+of GDN_SAVE_STATE (also against our custom op; with GDN_SAVE_WV's kept w and v_new against itself; with our
+state recurrences of GDN_STATE_CHAIN against it) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
+against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch
+(same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -27,6 +28,18 @@ gdn = importlib.import_module("train_gpt_gdn")
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2
 TOL_FP32 = 1e-4  # our chunked fp32 form against the fp64 recurrence
 TOL_SAME = 5e-3  # the state-saving op against our op over FLA's own backward (same kernels but v_new's)
+TOL_CHAIN = 1e-2  # our state recurrences (tf32 fp32 chain) against FLA's (bf16 state products): both round
+
+
+@contextlib.contextmanager
+def state_flags(save_wv: bool, chain: bool):
+    """The state op's GDN_SAVE_WV and GDN_STATE_CHAIN switches set for a block."""
+    kept = gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN
+    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = save_wv, chain
+    try:
+        yield
+    finally:
+        gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = kept
 
 
 @contextlib.contextmanager
@@ -88,18 +101,14 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     o_ref, g_ref = grads_of(ours, (q, k, v, g, b), do)
     rows = []
     by_path = {}
-    # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE, FLA's public op
-    # (and the state-saving op keeping w and v_new too, GDN_SAVE_WV=1), FLA's public op
+    # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE (also keeping w and v_new,
+    # GDN_SAVE_WV=1, and with our state recurrences, GDN_STATE_CHAIN=1), FLA's public op
     for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-op-wv", gdn.GDN_STATE_OP),
-                      ("public", None)):
+                      ("state-op-chain", gdn.GDN_STATE_OP), ("public", None)):
         if path.startswith("state-op") and use is None:
             continue
-        kept, gdn.GDN_SAVE_WV = gdn.GDN_SAVE_WV, path == "state-op-wv"
-        try:
-            with gdn_op(use):
-                o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
-        finally:
-            gdn.GDN_SAVE_WV = kept
+        with gdn_op(use), state_flags(path in ("state-op-wv", "state-op-chain"), path == "state-op-chain"):
+            o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
     if "state-op" in by_path:  # the same kernels but for v_new from the saved states: bf16 rounding apart at most
@@ -109,6 +118,10 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         (o_w, g_w) = by_path["state-op-wv"]  # w and v_new from the forward instead of recomputed
         rows += [("fla state-op-wv vs state-op", "o", rel(o_w, o_s), 0.0)]
         rows += [("fla state-op-wv vs state-op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_w, g_s)]
+        (o_c, g_c) = by_path["state-op-chain"]  # our state recurrences instead of FLA's
+        rows += [("fla state-op-chain vs state-op-wv", "o", rel(o_c, o_w), TOL_CHAIN)]
+        rows += [("fla state-op-chain vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
+                 for n, x, y in zip("qkvgb", g_c, g_w)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
@@ -151,7 +164,8 @@ def check_conv(B, T, C, seed):
 def check_layer(B, T, seed):
     """The whole GDN layer (projections, convs, gates, norm) under bf16 autocast: impl=fla vs impl=torch, and
     impl=fla compiled vs the fp32 layer; the same layer with the state-saving op (the training default) compiled vs
-    the fp32 layer, and eager vs FLA's op."""
+    the fp32 layer, and eager vs FLA's op; and so with our state recurrences (GDN_STATE_CHAIN), eager vs the state
+    op."""
     import os
     os.environ.setdefault("GDN_LAYERS", "0")
     args = gdn.Hyperparameters()
@@ -165,14 +179,15 @@ def check_layer(B, T, seed):
     outs = {}
     runs = [("fp32", layer_t, gdn.GDN_OP), ("torch", layer_t, gdn.GDN_OP), ("fla", layer_f, gdn.GDN_OP),
             ("fla compiled", torch.compile(layer_f), gdn.GDN_OP)]
-    if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto)
-        runs += [("fla state", layer_f, gdn.GDN_STATE_OP), ("fla state compiled", torch.compile(layer_f),
-                                                            gdn.GDN_STATE_OP)]
+    if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto), and with GDN_STATE_CHAIN=1
+        runs += [(f"fla state{c}{comp}", torch.compile(layer_f) if comp else layer_f, gdn.GDN_STATE_OP)
+                 for c in ("", " chain") for comp in ("", " compiled")]
     for name, layer, op in runs:
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        with gdn_op(op), torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
+        with gdn_op(op), state_flags(name.startswith("fla state"), " chain" in name), \
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
             y = layer(xi)
         y.float().backward(do)  # autograd runs the op recorded in the forward
         base = getattr(layer, "_orig_mod", layer)  # a compiled module prefixes its parameter names
@@ -185,7 +200,7 @@ def check_layer(B, T, seed):
     # from it than 1.5x the eager FLA layer's own distance (+2e-3), as in tools/check_compile.py.
     def flat(o):
         return [("out", o[0]), ("dx", o[1])] + [(f"d{n}", o[2][n]) for n in sorted(o[2])]
-    for kind in ("fla", "fla state") if "fla state" in outs else ("fla",):
+    for kind in ("fla", "fla state", "fla state chain") if "fla state" in outs else ("fla",):
         for (what, ref), (_, eager), (_, comp) in zip(flat(outs["fp32"]), flat(outs[kind]),
                                                      flat(outs[f"{kind} compiled"])):
             e_eager = rel(eager.float(), ref)
@@ -194,6 +209,8 @@ def check_layer(B, T, seed):
     if "fla state" in outs:  # the state op's eager layer: FLA's op's numbers (bf16 rounding apart at most)
         rows += [("layer fla state vs fla", w, rel(a.float(), b.float()), TOL_SAME)
                  for (w, a), (_, b) in zip(flat(outs["fla state"]), flat(outs["fla"]))]
+        rows += [("layer fla state chain vs fla state", w, rel(a.float(), b.float()), TOL_CHAIN)
+                 for (w, a), (_, b) in zip(flat(outs["fla state chain"]), flat(outs["fla state"]))]
     return rows
 
 
@@ -203,16 +220,16 @@ def time_op(B, T, H, dk, dv):
     scale = dk ** -0.5
     res = {}
     paths = [("fla", gdn.GDN_OP, torch.bfloat16), ("fla-state", gdn.GDN_STATE_OP, torch.bfloat16),
-             ("torch", None, torch.float32)]
+             ("fla-state-chain", gdn.GDN_STATE_OP, torch.bfloat16), ("torch", None, torch.float32)]
     for name, op, dt in paths:
-        if name == "fla-state" and op is None:
+        if name.startswith("fla-state") and op is None:
             continue
         qq, kk, vv = (t.to(dt).requires_grad_(True) for t in (q, k, v))
         gg, bb = g.clone().requires_grad_(True), b.clone().requires_grad_(True)
 
         def step():
             if name != "torch":
-                with gdn_op(op):
+                with gdn_op(op), state_flags(name.startswith("fla-state"), name == "fla-state-chain"):
                     o = gdn.gated_delta_rule_fla(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
             else:
@@ -270,7 +287,8 @@ def main() -> int:
     for B, T in ((6, 8192), (2, 32768)):
         t = time_op(B, T, 8, 42, 84)
         print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
-              f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
+              f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms, state-saving with our recurrences "
+              f"{t.get('fla-state-chain', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_conv(B, T, 1344)
         print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: triton op {t['op']:.2f} ms, fla kernels "
