@@ -1,8 +1,10 @@
 """The hybrid's own state recurrences (train_gpt_gdn.build_state_kernels, GDN_STATE_CHAIN=1, through
 tools/kernels/state_chain.py): the two GDN state recurrences as a chunk-parallel part and a one-product chain,
-on the CPU under Triton's interpreter against a float64 step-by-step reference and against fla-core 0.6.0's own chunk_gated_delta_rule_fwd_h / bwd_dhu on the same inputs (fp32, so that both are
-exact to rounding): lengths that are not a multiple of the chunk, head dims that are not powers of two, several
-sequences and heads, fast and slow decay. On a GPU: tools/gpu/bench_state_chain.py."""
+on the CPU under Triton's interpreter against a float64 step-by-step reference and against fla-core 0.6.0's own
+chunk_gated_delta_rule_fwd_h / bwd_dhu on the same inputs (fp32, so that both are exact to rounding): lengths that
+are not a multiple of the chunk, one chunk, head dims that are not powers of two, several sequences and heads, fast
+and slow decay; compiled for sm_90 (every chain config), and the chain's step with B_c loaded one step ahead.
+On a GPU: tools/gpu/bench_state_chain.py."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
     from fla.ops.utils import chunk_local_cumsum
     from fla.ops.utils.constant import RCP_LN2
     torch.manual_seed(int(sys.argv[2]))
-    for B, T, H, K, V, decay in ((1, 256, 2, 16, 32, 0.1), (2, 300, 1, 12, 24, 0.5), (1, 200, 3, 20, 40, 2.0)):
+    for B, T, H, K, V, decay in ((1, 256, 2, 16, 32, 0.1), (2, 300, 1, 12, 24, 0.5), (1, 200, 3, 20, 40, 2.0),
+                                 (1, 50, 1, 8, 16, 0.3)):  # the last: one chunk (the chain's prefetch reloads it)
         q, k, w = (torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1) for _ in range(3))
         u, do, dv = (torch.randn(B, T, H, V) for _ in range(3))
         g = chunk_local_cumsum(-torch.rand(B, T, H) * decay, chunk_size=64, scale=RCP_LN2)  # as the state op
@@ -128,3 +131,38 @@ def test_kernels_compile_for_hopper():
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
     assert r.stdout.count("sm90 chain") == 36 and r.stdout.count("sm90 prep") == 2
+
+
+PREFETCH = SM90_HELPER + textwrap.dedent("""
+    import re
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from tools.kernels import state_chain as sc
+    const = dict(H=8, K=42, V=84, BK=64, BV=16, IEEE=False)
+    sig = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
+    for reverse in (False, True):
+        c = dict(const, REVERSE=reverse)
+        k = triton.compile(ASTSource(fn=sc.kernels["chain"].fn, signature={**sig, **{n: "constexpr" for n in c}},
+                                     constexprs=c), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 4, "num_stages": 3})
+        ir = k.asm["ttgir"]
+        body = ir[ir.index("scf.for"):]
+        body = body[:body.index("scf.yield")]
+        body += ir[ir.index("scf.yield", ir.index("scf.for")):].split("\\n")[0]
+        loads = re.findall(r"(%[\\w]+) = tt\\.load ", body)
+        uses = {x: [ln.split()[0] for ln in body.splitlines()
+                    if re.search(re.escape(x) + r"\\b", ln) and not ln.strip().startswith(x + " =")] for x in loads}
+        print(reverse, uses)
+        assert len(loads) == 1, loads  # B (A goes through async copies)
+        assert all(u == ["scf.yield"] for u in uses.values()), uses  # used only by the next step
+        assert "warp_group_dot " in body and "async_copy_global_to_local" in body
+    print("ok")
+""")
+
+
+def test_chain_loads_b_one_step_ahead():
+    """The chain kernel's step (v23): compiled for sm_90, its loop's one register load (B_c; A_c goes through
+    Triton's pipelined async copies) is used only by the loop's yield, i.e. by the next step, so its latency is
+    not in the step's dependent path; the product is a wgmma. Both directions."""
+    r = run_with_triton(PREFETCH, interpret=False)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
