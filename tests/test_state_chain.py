@@ -135,17 +135,11 @@ def test_kernels_compile_for_hopper():
 
 PREFETCH = SM90_HELPER + textwrap.dedent("""
     import re
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from tools.kernels import state_chain as sc
     const = dict(H=8, K=42, V=84, BK=64, BV=16, IEEE=False)
     sig = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
     for reverse in (False, True):
-        c = dict(const, REVERSE=reverse)
-        k = triton.compile(ASTSource(fn=sc.kernels["chain"].fn, signature={**sig, **{n: "constexpr" for n in c}},
-                                     constexprs=c), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": 4, "num_stages": 3})
-        ir = k.asm["ttgir"]
+        ir = build_sm90(sc.kernels["chain"].fn, sig, dict(const, REVERSE=reverse)).asm["ttgir"]
         body = ir[ir.index("scf.for"):]
         body = body[:body.index("scf.yield")]
         body += ir[ir.index("scf.yield", ir.index("scf.for")):].split("\\n")[0]

@@ -10,8 +10,9 @@ import textwrap
 
 from test_triton_conv import run_with_triton
 
-# compile_sm90(fn, signature, constexprs): one Triton kernel compiled for sm_90 and assembled by the bundled ptxas
-# for sm_90a; returns ptxas' registers / spills line (shared with test_state_chain.py).
+# compile_sm90(fn, signature, constexprs): one Triton kernel compiled for sm_90 (build_sm90, pointers aligned as at run
+# time) and assembled by the bundled ptxas for sm_90a; returns ptxas' registers / spills line (shared with
+# test_state_chain.py).
 SM90_HELPER = textwrap.dedent("""
     import importlib.util, os, subprocess, sys, tempfile
     import triton
@@ -20,10 +21,17 @@ SM90_HELPER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[-1])
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
-    def compile_sm90(fn, sig, const, num_warps=4, num_stages=3):
+    def build_sm90(fn, sig, const, num_warps=4, num_stages=3):
+        # pointers 16-byte aligned, as Triton's launcher specialises them for torch's allocations: without it the
+        # build vectorises no load and differs from what runs
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
         sig = {**sig, **{k: "constexpr" for k in const}}
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": num_warps, "num_stages": num_stages})
+        return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+
+    def compile_sm90(fn, sig, const, num_warps=4, num_stages=3):
+        k = build_sm90(fn, sig, const, num_warps, num_stages)
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(k.asm["ptx"])
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
