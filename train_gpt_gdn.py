@@ -128,7 +128,7 @@ class Hyperparameters:
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
-        self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "0", ("0", "1"))  # with h: our state recurrences
+        self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "0", ("0", "1", "bwd"))  # with h: our recurrences
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1119,8 +1119,8 @@ def register_fla_gdn_state_op() -> str | None:
     kernels in the order of its chunk_gated_delta_rule_bwd, with v_new = u - w h from our kernel instead of that
     pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it also keeps
     the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u recompute and
-    our v_new kernel (v18). With GDN_STATE_CHAIN the two state recurrences are ours (build_state_kernels, v22)
-    instead of FLA's fwd_h / bwd_dhu. Returns None when registered (as GDN_STATE_OP), else why not."""
+    our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
+    instead of FLA's fwd_h / bwd_dhu; with GDN_STATE_CHAIN=bwd only the backward's. Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1154,7 +1154,7 @@ def register_fla_gdn_state_op() -> str | None:
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
         w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
-        if GDN_STATE_CHAIN:
+        if GDN_STATE_CHAIN == "1":
             h, v_new = ours["fwd_h"](k, w, u, g_cum)
         else:
             h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
@@ -1178,7 +1178,7 @@ def register_fla_gdn_state_op() -> str | None:
             w, u = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g_cum)
             v_new = ours["v_new"](u, w, h)  # instead of FLA's second pass of the state recurrence
         dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
-        if chain:  # the forward's GDN_STATE_CHAIN
+        if chain:  # GDN_STATE_CHAIN 1 or bwd when the forward ran
             dh, dv = ours["bwd_dhu"](q, k, w, g_cum, do, dv, scale)
         else:
             dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
@@ -1199,7 +1199,7 @@ def register_fla_gdn_state_op() -> str | None:
     def setup_context(ctx, inputs, output):
         q, k, v, g, beta, scale = inputs
         _, A, g_cum, h, w, v_new = output
-        ctx.keep_wv, ctx.chain = GDN_SAVE_WV, GDN_STATE_CHAIN
+        ctx.keep_wv, ctx.chain = GDN_SAVE_WV, GDN_STATE_CHAIN != "0"
         ctx.save_for_backward(q, k, v, g_cum, beta, A, h, *((w, v_new) if ctx.keep_wv else ()))
         ctx.scale = scale
 
@@ -1216,7 +1216,7 @@ def register_fla_gdn_state_op() -> str | None:
 
 GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
-GDN_STATE_CHAIN = False  # the state op runs our state recurrences, not FLA's (GDN_STATE_CHAIN, v22)
+GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN)
 
 
 def fla_recurrence_programs(args: Hyperparameters) -> int:
@@ -1502,7 +1502,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
     global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN
-    GDN_SAVE_WV = GDN_STATE_CHAIN = False
+    GDN_SAVE_WV, GDN_STATE_CHAIN = False, "0"
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1541,8 +1541,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     GDN_OP, GDN_SAVE_WV = GDN_STATE_OP, args.gdn_save_wv != "0"
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
                     note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
-                    GDN_STATE_CHAIN = args.gdn_state_chain == "1"
-                    note += "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)" if GDN_STATE_CHAIN else ""
+                    GDN_STATE_CHAIN = args.gdn_state_chain
+                    note += {"0": "", "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
+                             "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"}[GDN_STATE_CHAIN]
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1550,7 +1551,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
             programs = fla_recurrence_programs(args)
             # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x (not with v22's chain)
-            if programs < 64 and not GDN_STATE_CHAIN:
+            if programs < 64 and GDN_STATE_CHAIN != "1":
                 why = widen_recurrence_tiles()
                 note += f"; state recurrences autotuned with BV=16 tiles too ({programs} programs)" if why is None \
                     else f"; state recurrences: FLA's tiles (BV=16 not added: {why})"
@@ -1564,8 +1565,8 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
         raise ConfigError(f"GDN_SAVE_WV=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels), "
                           f"but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
-    if args.gdn_state_chain == "1" and not GDN_STATE_CHAIN:
-        raise ConfigError(f"GDN_STATE_CHAIN=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's "
+    if args.gdn_state_chain != "0" and GDN_STATE_CHAIN == "0":
+        raise ConfigError(f"GDN_STATE_CHAIN={args.gdn_state_chain}: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's "
                           f"kernels), but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_STATE_CHAIN=0")
     if args.gdn_save_state == "1" and want != "fla":

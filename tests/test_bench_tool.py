@@ -161,6 +161,9 @@ def test_gdn_path_names_each_fla_path():
                     "(GDN_SAVE_STATE=auto); w and v_new saved too (GDN_SAVE_WV=auto); state recurrences: our chain "
                     "kernels (GDN_STATE_CHAIN=1); conv: triton conv1d+silu kernels as a torch custom op") \
         == "fla-op+conv-op+saved-state+saved-wv+state-chain"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); chunk states saved for the backward "
+                    "(GDN_SAVE_STATE=auto); w and v_new saved too (GDN_SAVE_WV=auto); backward state recurrence: our "
+                    "chain kernels (GDN_STATE_CHAIN=bwd)") == "fla-op+saved-state+saved-wv+state-chain-bwd"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path("gdn_impl:torch GDN core: our chunked PyTorch gated delta rule (fp32)") == "torch"

@@ -78,11 +78,13 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
     got["state op, w/v_new kept"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     got["state op, w/v_new kept, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
                                                                  fullgraph=True, backend="aot_eager"))
-    gdn.GDN_STATE_CHAIN = True  # our state recurrences (GDN_STATE_CHAIN) in the op, with FLA's other kernels
+    gdn.GDN_STATE_CHAIN = "1"  # our state recurrences (GDN_STATE_CHAIN) in the op, with FLA's other kernels
     got["state op, our recurrences"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     got["state op, our recurrences, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
                                                                     fullgraph=True, backend="aot_eager"))
-    gdn.GDN_SAVE_WV = gdn.GDN_STATE_CHAIN = False
+    gdn.GDN_STATE_CHAIN = "bwd"  # FLA's forward recurrence, ours backward
+    got["state op, our backward recurrence"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = False, "0"
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
     # v21's BV=16 value tiles in FLA's two state recurrences (widen_recurrence_tiles): run alone, the same numbers
     assert gdn.widen_recurrence_tiles() is None
@@ -122,7 +124,7 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
 
     ref = run_layer(layer_t)
     plain, state = gdn.GDN_OP, gdn.GDN_STATE_OP
-    for name, op, chain in (("fla op", plain, False), ("state op", state, False), ("state op, ours", state, True)):
+    for name, op, chain in (("fla op", plain, "0"), ("state op", state, "0"), ("state op, ours", state, "1")):
         gdn.GDN_OP, gdn.GDN_STATE_CHAIN = op, chain
         errs = [rel(a, b) for a, b in zip(run_layer(layer_f), ref)]
         print("layer", name, f"max rel err {max(errs):.1e} over out, dx and {len(errs) - 2} weight gradients")

@@ -412,21 +412,26 @@ def test_gdn_save_wv_selection_on_fla_host(clean_env, state, wv, kept):
     assert gdn.GDN_SAVE_WV is False
 
 
-@pytest.mark.parametrize("chain", ["0", "1"])
+@pytest.mark.parametrize("chain", ["0", "1", "bwd"])
 def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
     """GDN_STATE_CHAIN=1 runs our state recurrences inside the state-saving op (and leaves FLA's BV=16 tiles
-    alone), 0 FLA's; the GDN line says which. 1 without the state op (GDN_SAVE_STATE=0) is refused."""
+    alone), bwd only the backward's, 0 FLA's; the GDN line says which. 1 or bwd without the state op
+    (GDN_SAVE_STATE=0) is refused."""
     _, state = fake_fla_host(clean_env, None)
     widened = []
     clean_env.setattr(gdn, "widen_recurrence_tiles", lambda: widened.append(1))
     args = small_args(clean_env, GDN_STATE_CHAIN=chain, TRAIN_SEQ_LEN="32768", TRAIN_BATCH_TOKENS="524288")
     lines = gdn.prepare_mixers(args, torch.device("cuda"))
-    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN is (chain == "1")
+    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN == chain
     assert ("our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (chain == "1")
-    assert ("BV=16" in lines[2]) == (chain == "0") and len(widened) == (chain == "0")
-    with pytest.raises(gdn.ConfigError, match="GDN_STATE_CHAIN=1: needs the state-saving op.*GDN_SAVE_STATE=0"):
-        gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="0", GDN_STATE_CHAIN="1"), torch.device("cuda"))
-    assert gdn.GDN_STATE_CHAIN is False
+    assert ("backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)" in lines[2]) == (chain == "bwd")
+    assert ("BV=16" in lines[2]) == (chain != "1") and len(widened) == (chain != "1")  # FLA's forward still runs
+    if chain != "0":
+        with pytest.raises(gdn.ConfigError, match=f"GDN_STATE_CHAIN={chain}: needs the state-saving op.*"
+                                                  "GDN_SAVE_STATE=0"):
+            gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="0", GDN_STATE_CHAIN=chain),
+                               torch.device("cuda"))
+        assert gdn.GDN_STATE_CHAIN == "0"
 
 
 def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
@@ -547,7 +552,7 @@ assert torch.equal(calls[2][1]["w"], w_fwd) and torch.equal(calls[2][1]["v"], v_
 for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 
-gdn.GDN_STATE_CHAIN = True  # GDN_STATE_CHAIN: our recurrences in FLA's places, their outputs used downstream
+gdn.GDN_STATE_CHAIN = "1"  # GDN_STATE_CHAIN: our recurrences in FLA's places, their outputs used downstream
 leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
 calls.clear()
 o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
@@ -567,6 +572,19 @@ assert torch.equal(calls[2][1]["dh"], dh_ours) and torch.equal(calls[2][1]["h"],
 assert torch.equal(calls[2][1]["dv"], dv2_ours) and torch.equal(calls[3][1]["du"], dv2_ours)
 for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+
+gdn.GDN_STATE_CHAIN = "bwd"  # FLA's forward recurrence, ours backward
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+calls.clear()
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+assert [c[0] for c in calls] == ["cumsum", "intra", "fwd_h", "fwd_o"], [c[0] for c in calls]
+h_fla = calls[2][2][0]
+gdn.GDN_STATE_CHAIN = "0"  # flipped between forward and backward: the backward keeps the forward's choice
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "our_dhu", "dqkwg", "wy_bwd", "cumsum"], names
+assert torch.equal(calls[2][1]["h"], h_fla) and torch.equal(calls[2][1]["dh"], calls[1][2][0])
 print("ok")
 '''
 
@@ -576,8 +594,9 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     backward runs FLA's backward functions in chunk_gated_delta_rule_bwd's order without a second state pass,
     feeding chunk_bwd_dqkwg the forward's states and v_new = u - w h from them; gradients come back in place
     (stand-ins for FLA's functions with fixed outputs, so each gradient names its source). With GDN_SAVE_WV the
-    backward skips the w/u recompute and takes the forward's w and v_new. With GDN_STATE_CHAIN our two state
-    recurrences run in the places of FLA's fwd_h and bwd_dhu, and their outputs feed the kernels after them."""
+    backward skips the w/u recompute and takes the forward's w and v_new. With GDN_STATE_CHAIN=1 our two state
+    recurrences run in the places of FLA's fwd_h and bwd_dhu, and their outputs feed the kernels after them; with
+    bwd only the backward's, even if the setting changes between forward and backward."""
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

@@ -2,9 +2,9 @@
 delta rule and a float64 step-by-step recurrence, outputs and the gradients of q, k, v, g, beta, on fresh random
 inputs, through our custom op (FLA's forward/backward functions, traceable by torch.compile), the state-saving op
 of GDN_SAVE_STATE (also against our custom op; with GDN_SAVE_WV's kept w and v_new against itself; with our
-state recurrences of GDN_STATE_CHAIN against it) and FLA's public op; our Triton causal conv1d + SiLU (custom op)
-against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and compiled, against impl=torch
-(same weights, bf16 autocast).
+state recurrences of GDN_STATE_CHAIN, both or the backward's, against it) and FLA's public op; our Triton causal
+conv1d + SiLU (custom op) against our fp32 form; then the whole GatedDeltaNet layer with impl=fla, eager and
+compiled, against impl=torch (same weights, bf16 autocast).
 Prints relative errors ||x - ref|| / ||ref|| and exits 1 if any exceeds its tolerance.
 
     python3 tools/check_gdn_fla.py [--seq-lens 256,8192] [--batch 2]
@@ -32,7 +32,7 @@ TOL_CHAIN = 1e-2  # our state recurrences (tf32 fp32 chain) against FLA's (bf16 
 
 
 @contextlib.contextmanager
-def state_flags(save_wv: bool, chain: bool):
+def state_flags(save_wv: bool, chain: str):
     """The state op's GDN_SAVE_WV and GDN_STATE_CHAIN switches set for a block."""
     kept = gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN
     gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = save_wv, chain
@@ -102,12 +102,14 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     rows = []
     by_path = {}
     # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE (also keeping w and v_new,
-    # GDN_SAVE_WV=1, and with our state recurrences, GDN_STATE_CHAIN=1), FLA's public op
+    # GDN_SAVE_WV=1, and with our state recurrences, GDN_STATE_CHAIN=1 or bwd), FLA's public op
+    chain_of = {"state-op-chain": "1", "state-op-chain-bwd": "bwd"}
     for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-op-wv", gdn.GDN_STATE_OP),
-                      ("state-op-chain", gdn.GDN_STATE_OP), ("public", None)):
+                      ("state-op-chain", gdn.GDN_STATE_OP), ("state-op-chain-bwd", gdn.GDN_STATE_OP),
+                      ("public", None)):
         if path.startswith("state-op") and use is None:
             continue
-        with gdn_op(use), state_flags(path in ("state-op-wv", "state-op-chain"), path == "state-op-chain"):
+        with gdn_op(use), state_flags(path != "state-op" and path.startswith("state-op"), chain_of.get(path, "0")):
             o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
@@ -118,10 +120,11 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         (o_w, g_w) = by_path["state-op-wv"]  # w and v_new from the forward instead of recomputed
         rows += [("fla state-op-wv vs state-op", "o", rel(o_w, o_s), 0.0)]
         rows += [("fla state-op-wv vs state-op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_w, g_s)]
-        (o_c, g_c) = by_path["state-op-chain"]  # our state recurrences instead of FLA's
-        rows += [("fla state-op-chain vs state-op-wv", "o", rel(o_c, o_w), TOL_CHAIN)]
-        rows += [("fla state-op-chain vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
-                 for n, x, y in zip("qkvgb", g_c, g_w)]
+        for path in chain_of:  # our state recurrences (both, or the backward's) instead of FLA's
+            (o_c, g_c) = by_path[path]
+            rows += [(f"fla {path} vs state-op-wv", "o", rel(o_c, o_w), 0.0 if path.endswith("bwd") else TOL_CHAIN)]
+            rows += [(f"fla {path} vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
+                     for n, x, y in zip("qkvgb", g_c, g_w)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
         def rec(q, k, v, g, b):
@@ -186,7 +189,7 @@ def check_layer(B, T, seed):
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        with gdn_op(op), state_flags(name.startswith("fla state"), " chain" in name), \
+        with gdn_op(op), state_flags(name.startswith("fla state"), "1" if " chain" in name else "0"), \
                 torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
             y = layer(xi)
         y.float().backward(do)  # autograd runs the op recorded in the forward
@@ -220,7 +223,8 @@ def time_op(B, T, H, dk, dv):
     scale = dk ** -0.5
     res = {}
     paths = [("fla", gdn.GDN_OP, torch.bfloat16), ("fla-state", gdn.GDN_STATE_OP, torch.bfloat16),
-             ("fla-state-chain", gdn.GDN_STATE_OP, torch.bfloat16), ("torch", None, torch.float32)]
+             ("fla-state-chain", gdn.GDN_STATE_OP, torch.bfloat16), ("fla-state-chain-bwd", gdn.GDN_STATE_OP,
+                                                                    torch.bfloat16), ("torch", None, torch.float32)]
     for name, op, dt in paths:
         if name.startswith("fla-state") and op is None:
             continue
@@ -229,7 +233,8 @@ def time_op(B, T, H, dk, dv):
 
         def step():
             if name != "torch":
-                with gdn_op(op), state_flags(name.startswith("fla-state"), name == "fla-state-chain"):
+                with gdn_op(op), state_flags(name.startswith("fla-state"),
+                                             {"fla-state-chain": "1", "fla-state-chain-bwd": "bwd"}.get(name, "0")):
                     o = gdn.gated_delta_rule_fla(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
             else:
@@ -288,7 +293,8 @@ def main() -> int:
         t = time_op(B, T, 8, 42, 84)
         print(f"timing gated delta rule fwd+bwd B={B} T={T} H=8 dk=42 dv=84: fla {t['fla']:.2f} ms, "
               f"fla state-saving {t.get('fla-state', float('nan')):.2f} ms, state-saving with our recurrences "
-              f"{t.get('fla-state-chain', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
+              f"{t.get('fla-state-chain', float('nan')):.2f} ms, with our backward recurrence "
+              f"{t.get('fla-state-chain-bwd', float('nan')):.2f} ms, ours(torch fp32) {t['torch']:.2f} ms")
     for B, T in ((6, 8192), (2, 32768)):
         t = time_conv(B, T, 1344)
         print(f"timing conv1d+silu fwd+bwd B={B} T={T} C=1344: triton op {t['op']:.2f} ms, fla kernels "
