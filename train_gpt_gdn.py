@@ -1120,7 +1120,8 @@ def register_fla_gdn_state_op() -> str | None:
     pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it also keeps
     the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u recompute and
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
-    instead of FLA's fwd_h / bwd_dhu; with GDN_STATE_CHAIN=bwd only the backward's. Returns None when registered (as GDN_STATE_OP), else why not."""
+    instead of FLA's fwd_h / bwd_dhu; with GDN_STATE_CHAIN=bwd only the backward's. Returns None when registered
+    (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1543,7 +1544,8 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
                     GDN_STATE_CHAIN = args.gdn_state_chain
                     note += {"0": "", "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
-                             "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"}[GDN_STATE_CHAIN]
+                             "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"
+                             }[GDN_STATE_CHAIN]
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1566,8 +1568,8 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
     if args.gdn_state_chain != "0" and GDN_STATE_CHAIN == "0":
-        raise ConfigError(f"GDN_STATE_CHAIN={args.gdn_state_chain}: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's "
-                          f"kernels), but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
+        raise ConfigError(f"GDN_STATE_CHAIN={args.gdn_state_chain}: needs the state-saving op (GDN_SAVE_STATE auto "
+                          f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_STATE_CHAIN=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
