@@ -1569,8 +1569,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
     if args.gdn_state_chain != "0" and GDN_STATE_CHAIN == "0":
         raise ConfigError(f"GDN_STATE_CHAIN={args.gdn_state_chain}: needs the state-saving op (GDN_SAVE_STATE auto "
-                          f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
-                          f"{', no GDN layers' if not gdn else ''}; use GDN_STATE_CHAIN=0")
+                          f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, "
+                          f"GDN_SAVE_STATE={args.gdn_save_state}{', no GDN layers' if not gdn else ''}; "
+                          f"use GDN_STATE_CHAIN=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"
