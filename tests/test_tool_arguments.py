@@ -55,6 +55,7 @@ def test_positive_ints():
     ("gpu/bench_state_chain.py", ["--reference-shape", "1x64,2x64"], "--reference-shape '1x64,2x64': expected one"),
     ("gpu/bench_state_chain.py", ["--reference-shape", "1x50"], "--reference-shape '1x50': expected comma-sep"),
     ("gpu/bench_state_chain.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
+    ("gpu/bench_state_chain.py", ["--flush-mib", "0"], "--flush-mib 0: expected a positive integer"),
 ])
 def test_bad_option_is_refused(tool, args, message):
     r = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,

@@ -1,13 +1,17 @@
-"""The candidate state recurrences of tools/kernels/state_chain.py (a chunk-parallel part + a one-product chain)
-against FLA's chunk_gated_delta_rule_fwd_h / bwd_dhu (with v21's BV=16 configs in FLA's autotuner, as the hybrid
-runs them at 32k), on the study's micro-batch shapes: each output's relative difference from FLA's, and ms per call
-(one CUDA graph of --iters calls) with the ratio ours / FLA's; first, on the small --reference-shape, both against a
-float64 evaluation of the same recurrence (it runs on the CPU). Inputs as tools/gpu/bench_recurrence_tiles.py makes them
+"""Our state recurrences (GDN_STATE_CHAIN; train_gpt_gdn.build_state_kernels via tools/kernels/state_chain.py: a
+chunk-parallel part + a one-product chain) against FLA's chunk_gated_delta_rule_fwd_h / bwd_dhu as the hybrid's step
+runs them (v21's BV=16 configs in FLA's autotuner only for shapes of < 64 recurrence programs, the 32k preset: those
+shapes are timed last, after the configs are added), on the study's micro-batch shapes: each output's relative
+difference from FLA's, and ms per call (one CUDA graph of --iters calls) with the ratio ours / FLA's, warm (the
+calls back to back, inputs left in L2) and cold (each call after a write of --flush-mib MiB, whose own time is
+subtracted: in the step the kernels before these leave other data in L2); first, on the small --reference-shape,
+both against a float64 evaluation of the same recurrence (it runs on the CPU). Inputs as tools/gpu/bench_recurrence_tiles.py makes them
 (fresh random q, k, v, g, beta through FLA's own intra-chunk forward).
 
-    python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--reference-shape 1x2048]
+    python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20]
+        [--reference-shape 1x2048] [--flush-mib 256]
 
-Prediction (PERF_NOTES, v22 candidate section): fwd 617 -> ~430 us, bwd 1165 -> ~430 us per call at 2x32768.
+Predictions: PERF_NOTES, v22 and v23 sections.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import DK, kernels, make_recurrence_inputs, parse_shapes  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import DK, DV, H, kernels, make_recurrence_inputs, parse_shapes  # noqa: E402
 
 
 def ours(x: dict[str, torch.Tensor]):
@@ -51,6 +55,7 @@ def main() -> int:
     p.add_argument("--reference-shape", default="1x2048", help="a small BxT also checked against float64")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
     a = p.parse_args()
     shapes = parse_shapes(p, a.shapes)
     ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
@@ -58,6 +63,8 @@ def main() -> int:
         p.error(f"--reference-shape {a.reference_shape!r}: expected one BxT pair (it runs in float64 on the CPU)")
     if a.iters < 1:
         p.error(f"--iters {a.iters}: expected a positive integer")
+    if a.flush_mib < 1:
+        p.error(f"--flush-mib {a.flush_mib}: expected a positive integer")
     if not torch.cuda.is_available():
         print("bench_state_chain: needs a CUDA device", file=sys.stderr)
         return 2
@@ -65,27 +72,38 @@ def main() -> int:
 
     from tools.gpu import cuda_model
     gdn = cuda_model.load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.py", "train_gpt_gdn")
-    why = gdn.widen_recurrence_tiles()  # FLA as the hybrid runs it at 32k
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
-          f"iters={a.iters} fla_bv16:{'added' if why is None else why}")
+          f"iters={a.iters} flush_mib={a.flush_mib}")
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
     B, T = ref_shape[0]
     x = make_recurrence_inputs(B, T, a.seed)
     for name, (e_fla, e_ours64, e_fla64) in compare(x, with_fp64=True).items():
         print(f"check {B}x{T} {name}: ours vs fla {e_fla:.2e}, ours vs fp64 {e_ours64:.2e}, fla vs fp64 {e_fla64:.2e}")
+    flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device="cuda")
+    flush_ms = graph_ms(flush.zero_, iters=a.iters)
+    widened = False
     rows = []
-    for B, T in shapes:
+    # FLA's configs as the step has them (gdn.prepare_mixers): BV=16 added only below 64 programs, timed last
+    for B, T in sorted(shapes, key=lambda bt: bt[0] * H * -(-DV // 32) < 64):
+        if B * H * -(-DV // 32) < 64 and not widened:
+            why = gdn.widen_recurrence_tiles()
+            widened = True
+            print(f"fla_bv16:{'added' if why is None else why} (shapes from here on)")
         x = make_recurrence_inputs(B, T, a.seed)
         for (name, _, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
             f_out, o_out = fla_call(), our_call()
             errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
             f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
-            rows.append((name, B, T, f_ms, o_ms, errs))
-            print(f"{name} {B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); "
-                  f"rel diff {' '.join(f'{e:.1e}' for e in errs)}", flush=True)
-    for name, B, T, f_ms, o_ms, errs in rows:
+            f_cold, o_cold = (graph_ms(lambda: (flush.zero_(), call()), iters=a.iters) - flush_ms
+                              for call in (fla_call, our_call))
+            rows.append((name, B, T, f_ms, o_ms, f_cold, o_cold, errs))
+            print(f"{name} {B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla "
+                  f"{f_cold:.3f}, ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
+                  f"{' '.join(f'{e:.1e}' for e in errs)}", flush=True)
+    for name, B, T, f_ms, o_ms, f_cold, o_cold, errs in rows:
         print(f"state_chain kernel:{name} shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} "
-              f"ratio:{o_ms / f_ms:.4f} max_rel_diff:{max(errs):.3e}")
+              f"ratio:{o_ms / f_ms:.4f} fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} "
+              f"cold_ratio:{o_cold / f_cold:.4f} max_rel_diff:{max(errs):.3e}")
     return 0
 
 
