@@ -1019,17 +1019,18 @@ def build_state_kernels() -> dict:
         mk, mkv = kk < K, (kk < K)[:, None] & (vv < V)[None, :]
         a_off = kk[None, :] * K + kk[:, None] if REVERSE else kk[:, None] * K + kk[None, :]  # A^T: swapped strides
         b_off = kk[:, None] * V + vv[None, :]
+        head = i_b * NT * H + i_h  # chunk c of this sequence and head: head + c * H
         s = tl.zeros([BK, BV], dtype=tl.float32)
         # B_c is loaded one step ahead: Triton pipelines A_c (a dot operand) through shared memory but not B_c (the
         # dot's accumulator), whose load latency would otherwise stand in every step of the chain (v23)
-        b_b = tl.load(Bm + ((i_b * NT + (NT - 1 if REVERSE else 0)) * H + i_h) * K * V + b_off, mask=mkv, other=0.0)
+        b_b = tl.load(Bm + (head + (NT - 1 if REVERSE else 0) * H) * K * V + b_off, mask=mkv, other=0.0)
         for i in range(NT):
             c = NT - 1 - i if REVERSE else i
-            chunk = (i_b * NT + c) * H + i_h
+            chunk = head + c * H
             tl.store(S + chunk * K * V + b_off, s.to(S.dtype.element_ty), mask=mkv)
             i_next = tl.minimum(i + 1, NT - 1)  # the last step reloads its own B: in bounds, unused
-            b_next = tl.load(Bm + ((i_b * NT + (NT - 1 - i_next if REVERSE else i_next)) * H + i_h) * K * V + b_off,
-                             mask=mkv, other=0.0)
+            c_next = NT - 1 - i_next if REVERSE else i_next
+            b_next = tl.load(Bm + (head + c_next * H) * K * V + b_off, mask=mkv, other=0.0)
             b_a = tl.load(A + chunk * K * K + a_off, mask=mk[:, None] & mk[None, :], other=0.0)
             s = tl.dot(b_a, s, input_precision="ieee" if IEEE else "tf32") + b_b
             b_b = b_next

@@ -42,6 +42,11 @@ def state_flags(save_wv: bool, chain: str):
         gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = kept
 
 
+def chain_setting(path: str) -> str:
+    """GDN_STATE_CHAIN for a path named ...chain (1) or ...chain-bwd (bwd); 0 otherwise."""
+    return "bwd" if path.endswith("chain-bwd") else "1" if path.endswith("chain") else "0"
+
+
 @contextlib.contextmanager
 def gdn_op(op):
     """The script's GDN op (what gated_delta_rule_fla calls; None: FLA's public op) set to op for a block."""
@@ -103,13 +108,12 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     by_path = {}
     # our custom op over FLA's fwd/bwd functions, the state-saving op of GDN_SAVE_STATE (also keeping w and v_new,
     # GDN_SAVE_WV=1, and with our state recurrences, GDN_STATE_CHAIN=1 or bwd), FLA's public op
-    chain_of = {"state-op-chain": "1", "state-op-chain-bwd": "bwd"}
     for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-op-wv", gdn.GDN_STATE_OP),
                       ("state-op-chain", gdn.GDN_STATE_OP), ("state-op-chain-bwd", gdn.GDN_STATE_OP),
                       ("public", None)):
         if path.startswith("state-op") and use is None:
             continue
-        with gdn_op(use), state_flags(path != "state-op" and path.startswith("state-op"), chain_of.get(path, "0")):
+        with gdn_op(use), state_flags(path != "state-op" and path.startswith("state-op"), chain_setting(path)):
             o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
@@ -120,7 +124,7 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         (o_w, g_w) = by_path["state-op-wv"]  # w and v_new from the forward instead of recomputed
         rows += [("fla state-op-wv vs state-op", "o", rel(o_w, o_s), 0.0)]
         rows += [("fla state-op-wv vs state-op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_w, g_s)]
-        for path in chain_of:  # our state recurrences (both, or the backward's) instead of FLA's
+        for path in ("state-op-chain", "state-op-chain-bwd"):  # our state recurrences (both, or the backward's)
             (o_c, g_c) = by_path[path]
             rows += [(f"fla {path} vs state-op-wv", "o", rel(o_c, o_w), 0.0 if path.endswith("bwd") else TOL_CHAIN)]
             rows += [(f"fla {path} vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
@@ -189,7 +193,7 @@ def check_layer(B, T, seed):
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        with gdn_op(op), state_flags(name.startswith("fla state"), "1" if " chain" in name else "0"), \
+        with gdn_op(op), state_flags(name.startswith("fla state"), chain_setting(name.removesuffix(" compiled"))), \
                 torch.autocast("cuda", dtype=torch.bfloat16, enabled=name != "fp32"):
             y = layer(xi)
         y.float().backward(do)  # autograd runs the op recorded in the forward
@@ -233,8 +237,7 @@ def time_op(B, T, H, dk, dv):
 
         def step():
             if name != "torch":
-                with gdn_op(op), state_flags(name.startswith("fla-state"),
-                                             {"fla-state-chain": "1", "fla-state-chain-bwd": "bwd"}.get(name, "0")):
+                with gdn_op(op), state_flags(name.startswith("fla-state"), chain_setting(name)):
                     o = gdn.gated_delta_rule_fla(gdn.l2_normalize(qq), gdn.l2_normalize(kk), vv, gg,
                                                  2 * torch.sigmoid(bb), scale)
             else:

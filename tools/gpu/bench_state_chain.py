@@ -70,8 +70,7 @@ def main() -> int:
         return 2
     import triton
 
-    from tools.gpu import cuda_model
-    gdn = cuda_model.load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.py", "train_gpt_gdn")
+    from tools.kernels.state_chain import script as gdn  # the script whose kernels ours() times
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"iters={a.iters} flush_mib={a.flush_mib}")
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)

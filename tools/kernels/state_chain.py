@@ -5,6 +5,7 @@ float64 step-by-step reference of both recurrences.
 
     fwd_h(k, w, u, g) -> (h, v_new)          bwd_dhu(q, k, w, g, do, dv, scale) -> (dh, dv2)
     kernels: {"prep", "chain", "epilogue"}  (the Triton kernels, for the sm_90 compile test)
+    script: train_gpt_gdn.py as loaded here (one copy for the checks and the benchmark)
 
 Inputs and outputs are FLA's (B, T, H, .) layouts and dtypes; the training script stays self-contained, this module
 imports it (train_gpt_gdn.py imports no triton at module level, so this works on a machine without a GPU).
@@ -12,25 +13,15 @@ imports it (train_gpt_gdn.py imports no triton at module level, so this works on
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 import triton
 
+from tools.gpu.cuda_model import load_script_file
 
-def _script():
-    name = "train_gpt_gdn_state_kernels"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "train_gpt_gdn.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-_built = _script().build_state_kernels()
+script = load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.py", "train_gpt_gdn_state_kernels")
+_built = script.build_state_kernels()
 fwd_h, bwd_dhu, v_new, kernels = _built["fwd_h"], _built["bwd_dhu"], _built["v_new"], _built["kernels"]
 
 
