@@ -1500,6 +1500,24 @@ def triton_breaks_hopper_gdn(device: torch.device) -> str | None:
     return None
 
 
+def import_fla() -> tuple[object, str]:
+    """Import fla-core with its autotune picks made at this run's shapes. fla-core (0.6.0) keeps each kernel's pick
+    on disk (Triton's cache_results; FLA_CACHE_RESULTS=1 is its default) under a key of head sizes and dtypes but
+    not the sequence length or batch, so a run would reuse the picks of whatever shape ran first on the machine
+    (another preset, or a benchmark's small check shape). Unless FLA_CACHE_RESULTS is set, we set it to 0: each run
+    tunes at its first (warm-up) step, as on a fresh machine. No effect if fla was imported before. Returns (fla,
+    a note for the log)."""
+    os.environ.setdefault("FLA_CACHE_RESULTS", "0")
+    import fla
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: F401
+    try:
+        from fla.utils import autotune_cache_kwargs  # what fla-core 0.6.0 gives its kernels' autotuners
+    except ImportError:  # another fla-core version
+        return fla, "FLA autotune cache unknown (no fla.utils.autotune_cache_kwargs)"
+    return fla, ("FLA autotune picks from Triton's disk cache (FLA_CACHE_RESULTS=1: maybe another shape's)"
+                 if autotune_cache_kwargs.get("cache_results") else "FLA autotuned at this run's shapes")
+
+
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
@@ -1515,8 +1533,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             fla_error = "no CUDA device"
         else:
             try:
-                import fla
-                from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: F401
+                fla, tuning = import_fla()
             except Exception as e:  # ImportError, or a broken install
                 fla_error = f"fla-core not importable ({type(e).__name__}: {e})"
         if fla_error is not None and want == "fla":
@@ -1561,6 +1578,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             why = register_conv_op()
             note += "; conv: triton conv1d+silu kernels as a torch custom op" if why is None else \
                 f"; conv: PyTorch (triton conv kernels not registered: {why})"
+            note += f"; {tuning}"
         else:
             note += f" (fla unavailable: {fla_error})"
             want = "torch"

@@ -166,6 +166,11 @@ def test_gdn_path_names_each_fla_path():
                     "chain kernels (GDN_STATE_CHAIN=bwd)") == "fla-op+saved-state+saved-wv+state-chain-bwd"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "
+                    "as a torch custom op; FLA autotuned at this run's shapes") == "fla-op+conv-op"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "
+                    "as a torch custom op; FLA autotune picks from Triton's disk cache (FLA_CACHE_RESULTS=1: maybe "
+                    "another shape's)") == "fla-op+conv-op+fla-disk-picks"
     assert gdn_path("gdn_impl:torch GDN core: our chunked PyTorch gated delta rule (fp32)") == "torch"
     assert gdn_path("") == "-"
 

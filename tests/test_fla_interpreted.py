@@ -139,3 +139,35 @@ def test_fla_ops_with_fla_kernels_match_our_form():
                     "TRITON_INTERP_DIR)")
     r = run_with_triton(CHECK)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+
+
+IMPORT_CHECK = textwrap.dedent("""
+    import importlib.util, os, sys
+    preset = os.environ.get("FLA_CACHE_RESULTS")
+    spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
+    gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
+    assert "fla" not in sys.modules  # the script imports fla only in import_fla
+    fla, note = gdn.import_fla()
+    import fla.utils
+    from fla.ops.common import chunk_delta_h  # a recurrence the step runs: decorated with these kwargs
+    print(preset, os.environ["FLA_CACHE_RESULTS"], fla.utils.autotune_cache_kwargs, note)
+""")
+
+
+@pytest.mark.parametrize("preset", [None, "1"])
+def test_import_fla_tunes_at_the_runs_shapes_unless_asked(monkeypatch, preset):
+    """fla-core keeps autotune picks on disk under keys without the sequence length or batch: the script turns that
+    off before importing fla (each run tunes at its own shapes) and logs it; a user's FLA_CACHE_RESULTS=1 stays."""
+    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
+        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
+    if preset is None:
+        monkeypatch.delenv("FLA_CACHE_RESULTS", raising=False)
+    else:
+        monkeypatch.setenv("FLA_CACHE_RESULTS", preset)
+    r = run_with_triton(IMPORT_CHECK)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()[-1]
+    if preset is None:
+        assert out.startswith("None 0 {'cache_results': False} FLA autotuned at this run's shapes"), out
+    else:
+        assert out.startswith("1 1 {'cache_results': True} FLA autotune picks from Triton's disk cache"), out

@@ -10,6 +10,7 @@ error here. The bound 1e-4 leaves a wide margin over that while still catching a
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -355,9 +356,11 @@ def fake_fla_host(monkeypatch, state_op_why):
     'registered', the state-saving op registered (state_op_why None) or refused with that reason."""
     fla_mod = types.ModuleType("fla")
     fla_mod.__version__ = "0.0-standin"
-    for name in ("fla.ops", "fla.ops.gated_delta_rule"):
+    monkeypatch.delenv("FLA_CACHE_RESULTS", raising=False)  # import_fla sets it: undone after the test
+    for name in ("fla.ops", "fla.ops.gated_delta_rule", "fla.utils"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["fla.ops.gated_delta_rule"].chunk_gated_delta_rule = object()
+    sys.modules["fla.utils"].autotune_cache_kwargs = {"cache_results": False}  # fla-core 0.6.0's, with our setting
     monkeypatch.setitem(sys.modules, "fla", fla_mod)
     plain = object()
 
@@ -395,6 +398,7 @@ def test_gdn_save_state_selection_on_fla_host(clean_env, setting):
     assert args.gdn_impl == "fla"
     assert gdn.GDN_OP is (plain if setting == "0" else state)
     assert ("chunk states saved for the backward" in lines[2]) == (setting != "0")
+    assert lines[2].endswith("; FLA autotuned at this run's shapes") and os.environ["FLA_CACHE_RESULTS"] == "0"
 
 
 @pytest.mark.parametrize("state,wv,kept", [("auto", "auto", True), ("auto", "1", True), ("auto", "0", False),

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.checks import event_ms, positive_ints, rel  # noqa: E402
+from tools.checks import event_ms, fla_tuned_per_process, positive_ints, rel  # noqa: E402
+
+fla_tuned_per_process()  # no picks from other processes' shapes in its timing lines
 gdn = importlib.import_module("train_gpt_gdn")
 
 TOL_BF16 = 2e-2  # FLA takes bf16 q/k/v: ~3 significant digits per operand, errors ~1e-3..1e-2

@@ -1,9 +1,10 @@
-"""Shared by the GPU check and benchmark tools: the error measure, parsing of comma-separated options, and the
-two ways they time GPU work (CUDA events per call, or one CUDA graph of many calls)."""
+"""Shared by the GPU check and benchmark tools: the error measure, parsing of comma-separated options, the two
+ways they time GPU work (CUDA events per call, or one CUDA graph of many calls), and FLA's autotuning per process."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 
 import torch
@@ -15,6 +16,13 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(x).all():
         return float("inf")
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def fla_tuned_per_process() -> None:
+    """Before fla is imported: its autotune picks made in this process, at the shapes it runs, not read from
+    Triton's disk cache, whose keys hold no length or batch (FLA_CACHE_RESULTS=0 unless set; training runs do the
+    same, train_gpt_gdn.import_fla)."""
+    os.environ.setdefault("FLA_CACHE_RESULTS", "0")
 
 
 def positive_ints(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:

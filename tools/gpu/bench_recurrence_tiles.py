@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.checks import graph_ms, positive_ints, rel  # noqa: E402
+from tools.checks import fla_tuned_per_process, graph_ms, positive_ints, rel  # noqa: E402
+
+fla_tuned_per_process()
 
 H, DK, DV, C = 8, 42, 84, 64  # the hybrid's GDN heads, key / value head dims (SPEC.md), FLA's chunk
 

@@ -4,9 +4,11 @@ runs them (v21's BV=16 configs in FLA's autotuner only for shapes of < 64 recurr
 shapes are timed last, after the configs are added), on the study's micro-batch shapes: each output's relative
 difference from FLA's, and ms per call (one CUDA graph of --iters calls) with the ratio ours / FLA's, warm (the
 calls back to back, inputs left in L2) and cold (each call after a write of --flush-mib MiB, whose own time is
-subtracted: in the step the kernels before these leave other data in L2); first, on the small --reference-shape,
-both against a float64 evaluation of the same recurrence (it runs on the CPU). Inputs as tools/gpu/bench_recurrence_tiles.py makes them
-(fresh random q, k, v, g, beta through FLA's own intra-chunk forward).
+subtracted: in the step the kernels before these leave other data in L2), with each kernel's autotune pick made
+at that shape (printed), as a training run makes its own (train_gpt_gdn.import_fla); first, on the small
+--reference-shape, both against a float64 evaluation of the same recurrence (it runs on the CPU). Inputs as
+tools/gpu/bench_recurrence_tiles.py makes them (fresh random q, k, v, g, beta through FLA's own intra-chunk
+forward).
 
     python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20]
         [--reference-shape 1x2048] [--flush-mib 256]
@@ -23,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import DK, DV, H, kernels, make_recurrence_inputs, parse_shapes  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, config_name, kernels,  # noqa: E402
+                                              make_recurrence_inputs, parse_shapes)
 
 
 def ours(x: dict[str, torch.Tensor]):
@@ -70,7 +73,8 @@ def main() -> int:
         return 2
     import triton
 
-    from tools.kernels.state_chain import script as gdn  # the script whose kernels ours() times
+    from tools.kernels import state_chain as sc
+    gdn = sc.script  # the script whose kernels ours() times
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"iters={a.iters} flush_mib={a.flush_mib}")
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
@@ -89,20 +93,29 @@ def main() -> int:
             widened = True
             print(f"fla_bv16:{'added' if why is None else why} (shapes from here on)")
         x = make_recurrence_inputs(B, T, a.seed)
-        for (name, _, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
-            f_out, o_out = fla_call(), our_call()
+        for (name, fla_kernel, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
+            # each kernel tuned at this shape, as a training run tunes at its own: the autotune keys hold no
+            # length or batch, so a pick made at another shape (the check above) would be reused
+            fla_tuner, our_tuner = autotuner(fla_kernel), sc.kernels["chain"]
+            fla_tuner.cache.clear()
+            f_out = fla_call()
+            fla_pick = config_name(fla_tuner.best_config)
+            our_tuner.cache.clear()
+            o_out = our_call()
+            our_pick = config_name(our_tuner.best_config)
             errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
             f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
             f_cold, o_cold = (graph_ms(lambda: (flush.zero_(), call()), iters=a.iters) - flush_ms
                               for call in (fla_call, our_call))
-            rows.append((name, B, T, f_ms, o_ms, f_cold, o_cold, errs))
+            rows.append((name, B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
             print(f"{name} {B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla "
                   f"{f_cold:.3f}, ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
-                  f"{' '.join(f'{e:.1e}' for e in errs)}", flush=True)
-    for name, B, T, f_ms, o_ms, f_cold, o_cold, errs in rows:
+                  f"{' '.join(f'{e:.1e}' for e in errs)}; picks: fla {fla_pick}, ours {our_pick}", flush=True)
+    for name, B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick in rows:
         print(f"state_chain kernel:{name} shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} "
               f"ratio:{o_ms / f_ms:.4f} fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} "
-              f"cold_ratio:{o_cold / f_cold:.4f} max_rel_diff:{max(errs):.3e}")
+              f"cold_ratio:{o_cold / f_cold:.4f} max_rel_diff:{max(errs):.3e} fla_pick:{fla_pick} "
+              f"ours_pick:{our_pick}")
     return 0
 
 
