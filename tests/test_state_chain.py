@@ -160,3 +160,31 @@ def test_chain_loads_b_one_step_ahead():
     not in the step's dependent path; the product is a wgmma. Both directions."""
     r = run_with_triton(PREFETCH, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
+
+
+def test_bench_picks_each_kernel_at_each_shape():
+    """The benches time every kernel with its autotune pick made at the shape timed, as a training run makes its
+    own: a pick kept from another shape (same key: the keys hold no length) is dropped first."""
+    from types import SimpleNamespace
+
+    from tools.gpu.bench_recurrence_tiles import pick_at_this_shape
+
+    small = SimpleNamespace(kwargs={"BV": 16}, num_warps=2, num_stages=2)  # a triton.Config's fields
+    large = SimpleNamespace(kwargs={"BV": 64}, num_warps=4, num_stages=3)
+
+    class Tuner:  # Triton's Autotuner as far as the benches use it: run() picks only for a key not yet tuned
+        def __init__(self):
+            self.cache, self.best_config = {}, None
+
+        def run(self, T):
+            key = (8, 42, 84)  # head count and dims, as FLA's and our keys: no T
+            if key not in self.cache:
+                self.cache[key] = small if T <= 2048 else large
+            self.best_config = self.cache[key]
+            return T
+
+    tuner = Tuner()
+    assert pick_at_this_shape(tuner, lambda: tuner.run(2048)) == (2048, "BV16_w2_s2")
+    tuner.run(32768)  # without the helper: the 2048 pick again
+    assert tuner.best_config is small
+    assert pick_at_this_shape(tuner, lambda: tuner.run(32768)) == (32768, "BV64_w4_s3")

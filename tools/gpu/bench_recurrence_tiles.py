@@ -88,6 +88,14 @@ def config_name(cfg) -> str:
     return f"BV{cfg.kwargs['BV']}_w{cfg.num_warps}_s{cfg.num_stages}"
 
 
+def pick_at_this_shape(tuner, call):
+    """(call()'s outputs, the name of tuner's pick for them): the pick made anew at these inputs, as a training run
+    makes its own, not one kept in memory from another shape (the autotune keys hold no length or batch)."""
+    tuner.cache.clear()
+    out = call()
+    return out, config_name(tuner.best_config)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
@@ -117,9 +125,8 @@ def main() -> int:
             kern = autotuner(kern)
             fla_configs = kern.configs
             try:
-                kern.cache.clear()
-                ref = [t.float() for t in call()]  # FLA's autotuner picks here
-                pick = config_name(kern.best_config)
+                out, pick = pick_at_this_shape(kern, call)
+                ref = [t.float() for t in out]
                 base = graph_ms(call, iters=iters)
                 rows.append((name, B, T, f"fla:{pick}", base, 1.0, 0.0))
                 for cfg in configs:

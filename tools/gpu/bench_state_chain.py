@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, config_name, kernels,  # noqa: E402
-                                              make_recurrence_inputs, parse_shapes)
+from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, kernels, make_recurrence_inputs,  # noqa: E402
+                                              parse_shapes, pick_at_this_shape)
 
 
 def ours(x: dict[str, torch.Tensor]):
@@ -94,15 +94,8 @@ def main() -> int:
             print(f"fla_bv16:{'added' if why is None else why} (shapes from here on)")
         x = make_recurrence_inputs(B, T, a.seed)
         for (name, fla_kernel, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
-            # each kernel tuned at this shape, as a training run tunes at its own: the autotune keys hold no
-            # length or batch, so a pick made at another shape (the check above) would be reused
-            fla_tuner, our_tuner = autotuner(fla_kernel), sc.kernels["chain"]
-            fla_tuner.cache.clear()
-            f_out = fla_call()
-            fla_pick = config_name(fla_tuner.best_config)
-            our_tuner.cache.clear()
-            o_out = our_call()
-            our_pick = config_name(our_tuner.best_config)
+            f_out, fla_pick = pick_at_this_shape(autotuner(fla_kernel), fla_call)
+            o_out, our_pick = pick_at_this_shape(sc.kernels["chain"], our_call)
             errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
             f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
             f_cold, o_cold = (graph_ms(lambda: (flush.zero_(), call()), iters=a.iters) - flush_ms
