@@ -4,7 +4,8 @@ same code path as training) for a few steps after its own warm-up, on generated 
 peak memory, the attention and GDN implementations used, whether CUDA graphs and STEP_OVERLAP ran, and the share
 of the step the CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1
 means the step waits on its launches; with STEP_OVERLAP on, the default on one GPU, it reads ~1 whatever binds the
-step). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
+step), and the first step's seconds (first_step_s: compilation, kernel JIT and autotuning, outside the training
+timer). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
 under --out-dir.
 
     python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
@@ -139,13 +140,15 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     graphs = line_field(text, "device:", "cuda_graphs")  # "-": a script from before CUDA_GRAPHS
     overlap = line_field(text, "device:", "step_overlap")  # "-": a script from before STEP_OVERLAP
     cpu_fraction = line_field(proc.stdout.splitlines(), "step_timing ", "cpu_fraction")
+    first_ms = line_field(proc.stdout.splitlines(), "step_timing ", "first_step_ms")  # compile, JIT, autotune
+    first_s = f"{float(first_ms) / 1000:.1f}" if first_ms != "-" else "-"
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
                 torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs, overlap=overlap,
-                cpu_fraction=cpu_fraction, label=a.label)
+                cpu_fraction=cpu_fraction, first_step_s=first_s, label=a.label)
 
 
 def probe_line(r: dict) -> str:
@@ -153,7 +156,7 @@ def probe_line(r: dict) -> str:
             f"ms_per_step:{r['ms']:.1f} tokens_per_s:{r['tok_s']:.0f} mfu:{r['mfu']:.3f} "
             f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
             f" cuda_graphs:{r.get('graphs', '-')} step_overlap:{r.get('overlap', '-')}"
-            f" cpu_fraction:{r.get('cpu_fraction', '-')}"
+            f" cpu_fraction:{r.get('cpu_fraction', '-')} first_step_s:{r.get('first_step_s', '-')}"
             + (f" version:{r['label']}" if r.get("label") else ""))
 
 

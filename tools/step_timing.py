@@ -6,7 +6,9 @@ done enqueueing), and when the next step starts (the script's once-per-step sync
     ITERATIONS=12 WARMUP_STEPS=3 VAL_LOSS_EVERY=0 python3 tools/step_timing.py train_gpt_gdn.py --skip 5
 
 prints one line per step and a summary line
-`step_timing steps:N wall_ms:<median> cpu_ms:<median> cpu_fraction:<cpu/wall>`: a cpu_fraction near 1 means the
+`step_timing steps:N wall_ms:<median> cpu_ms:<median> cpu_fraction:<cpu/wall> first_step_ms:<ms>`
+(first_step_ms: the first step's, warm-up or not: compilation, kernel JIT and autotuning, which the training timer
+never counts; with STEP_OVERLAP up to when the second step's enqueueing starts): a cpu_fraction near 1 means the
 GPU waits on the launches (fewer launches or CUDA graphs would pay); far below 1 means the step is GPU-bound.
 The enqueue time includes any wait for room in CUDA's launch queue: a GPU-bound step whose work fills the queue
 (CUDA graphs: the CPU runs far ahead) reads 0.75-0.9 too; a profile (tools/profile_script.py) tells them apart by
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, (wall, cpu) in enumerate(rows):
         print(f"step_time step:{a.skip + i + 1} wall_ms:{wall:.1f} cpu_ms:{cpu:.1f}")
     wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-    print(f"step_timing steps:{len(rows)} wall_ms:{wall:.1f} cpu_ms:{cpu:.1f} cpu_fraction:{cpu / wall:.2f}")
+    first = 1000.0 * (starts[1] - starts[0])  # n >= 1 here: a second start exists
+    print(f"step_timing steps:{len(rows)} wall_ms:{wall:.1f} cpu_ms:{cpu:.1f} cpu_fraction:{cpu / wall:.2f} "
+          f"first_step_ms:{first:.0f}")
     return 0
 
 
