@@ -19,6 +19,14 @@ import pytest
 from conftest import REPO
 from test_triton_conv import TRITON_DIR, run_with_triton
 
+
+def require_fla() -> None:
+    """Fail, not skip, where fla-core is missing: run_tests.sh installs it for these tests."""
+    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
+        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
+                    "TRITON_INTERP_DIR)")
+
+
 # Triton interpreter adjustments that FLA's kernels (and ours in tools/kernels/) need: the first autotune config
 # only, loop indices as Triton scalars, one-element tensors usable as ints (shared with test_state_chain.py).
 INTERP_PATCHES = textwrap.dedent("""
@@ -134,9 +142,7 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
 
 
 def test_fla_ops_with_fla_kernels_match_our_form():
-    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
-        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
-                    "TRITON_INTERP_DIR)")
+    require_fla()
     r = run_with_triton(CHECK)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
 
@@ -158,8 +164,7 @@ IMPORT_CHECK = textwrap.dedent("""
 def test_import_fla_tunes_at_the_runs_shapes_unless_asked(monkeypatch, preset):
     """fla-core keeps autotune picks on disk under keys without the sequence length or batch: the script turns that
     off before importing fla (each run tunes at its own shapes) and logs it; a user's FLA_CACHE_RESULTS=1 stays."""
-    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
-        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
+    require_fla()
     if preset is None:
         monkeypatch.delenv("FLA_CACHE_RESULTS", raising=False)
     else:

@@ -8,14 +8,11 @@ On a GPU: tools/gpu/bench_state_chain.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 
-import pytest
-
-from test_fla_interpreted import INTERP_PATCHES
+from test_fla_interpreted import INTERP_PATCHES, require_fla
 from test_triton_sm90_compile import SM90_HELPER
-from test_triton_conv import TRITON_DIR, run_with_triton
+from test_triton_conv import run_with_triton
 
 CHECK = INTERP_PATCHES + textwrap.dedent("""
     sys.path.insert(0, sys.argv[-1])
@@ -51,9 +48,7 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
 
 
 def test_state_chain_matches_reference_and_fla():
-    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
-        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there (or set "
-                    "TRITON_INTERP_DIR)")
+    require_fla()
     r = run_with_triton(CHECK, "0")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
 
@@ -96,8 +91,7 @@ BENCH_CHECK = INTERP_PATCHES + textwrap.dedent("""
 def test_bench_tool_compares_with_fla_and_float64():
     """tools/gpu/bench_state_chain.py's comparison (the part of it that does not time) on the study's head shapes
     (8 heads, dk 42, dv 84), fp32 on the CPU: ours, FLA's and float64 agree."""
-    if not (TRITON_DIR / "fla").is_dir() and importlib.util.find_spec("fla") is None:
-        pytest.fail(f"fla-core not found in {TRITON_DIR} nor installed: run_tests.sh installs it there")
+    require_fla()
     r = run_with_triton(BENCH_CHECK, "0")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
 
