@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -107,6 +108,38 @@ def test_poll_packs_a_finished_session(tmp_path):
     assert r.returncode == 0 and "probes.txt" in r.stdout
     listing = subprocess.run(["tar", "tzf", str(out / "results.tgz")], capture_output=True, text=True).stdout
     assert "./probes.txt" in listing and "./ALL.done" in listing
+
+
+def wait_for(path, seconds=60):
+    end = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < end:
+        time.sleep(0.2)
+    return path.exists()
+
+
+def test_detach_runs_the_command_in_a_snapshot_and_records_its_exit(tmp_path):
+    """tools/gpu/detach.sh copies the tree (not .git) to SNAP_DIR, runs the command there in the background and writes
+    its exit status to the done-file; it refuses a non-empty SNAP_DIR or one inside the tree before starting anything."""
+    snap, log, done = tmp_path / "snap", tmp_path / "s.log", tmp_path / "s" / "FIN"
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/detach.sh"), str(snap), str(log), str(done),
+                        "bash", "-c", "pwd; ls tools/gpu/detach.sh; test ! -e .git; exit 3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "detached: pid" in r.stdout, r.stderr
+    assert wait_for(done) and wait_for(log)
+    time.sleep(0.2)  # the done-file is written after the command's output
+    assert done.read_text().strip() == "exit 3"  # the command's own status, not the launcher's
+    out = log.read_text().split()
+    assert out[0] == str(snap) and out[1] == "tools/gpu/detach.sh"  # it ran in the snapshot, which has no .git
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/detach.sh"), str(snap), str(log), str(done), "true"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"SNAP_DIR {snap}: exists and is not empty" in r.stderr
+    inside = REPO / "logs" / "snap_test_never_made"
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/detach.sh"), str(inside), str(log), str(done), "true"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "inside the tree it copies" in r.stderr and not inside.exists()
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/detach.sh"), str(tmp_path / "x"), str(log), str(done)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage:" in r.stderr
 
 
 def test_probe_block_kernels_checks_its_scripts_first(tmp_path):
