@@ -128,7 +128,7 @@ class Hyperparameters:
         self.gdn_impl = env_choice("GDN_IMPL", "auto", ("auto", "fla", "torch"))
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
-        self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "0", ("0", "1", "bwd"))  # with h: our recurrences
+        self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1218,7 +1218,19 @@ def register_fla_gdn_state_op() -> str | None:
 
 GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
-GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN)
+GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN auto)
+
+
+def state_chain_choice(setting: str, dk: int, dv: int) -> tuple[str, str]:
+    """GDN_STATE_CHAIN resolved for a run with the state-saving op: auto -> bwd (our backward recurrence, FLA's
+    forward: v24b's steps 0.984x / 0.993x / 1.003x at 32k / 16k / 8k on an H200) where the head dims fit the tiles
+    it was timed with (dk <= 64, dv <= 128, the defaults' 42 / 84 padded), else 0, with the reason; 0 / 1 / bwd as
+    set. Returns (choice, why auto chose FLA's or "")."""
+    if setting != "auto":
+        return setting, ""
+    if dk <= 64 and dv <= 128:
+        return "bwd", ""
+    return "0", f"head dims dk={dk} dv={dv}, beyond the tiles ours was timed at, 64 / 128"
 
 
 def fla_recurrence_programs(args: Hyperparameters) -> int:
@@ -1560,8 +1572,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     GDN_OP, GDN_SAVE_WV = GDN_STATE_OP, args.gdn_save_wv != "0"
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
                     note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
-                    GDN_STATE_CHAIN = args.gdn_state_chain
-                    note += {"0": "", "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
+                    GDN_STATE_CHAIN, fla_why = state_chain_choice(args.gdn_state_chain, dk, dv)
+                    note += {"0": f"; state recurrences: FLA's (GDN_STATE_CHAIN=auto: {fla_why})" if fla_why else "",
+                             "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
                              "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"
                              }[GDN_STATE_CHAIN]
                 elif args.gdn_save_state == "1":
@@ -1586,7 +1599,7 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
         raise ConfigError(f"GDN_SAVE_WV=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels), "
                           f"but this run has GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_SAVE_WV=0 or auto")
-    if args.gdn_state_chain != "0" and GDN_STATE_CHAIN == "0":
+    if args.gdn_state_chain in ("1", "bwd") and GDN_STATE_CHAIN == "0":
         raise ConfigError(f"GDN_STATE_CHAIN={args.gdn_state_chain}: needs the state-saving op (GDN_SAVE_STATE auto "
                           f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, "
                           f"GDN_SAVE_STATE={args.gdn_save_state}{', no GDN layers' if not gdn else ''}; "

@@ -416,26 +416,47 @@ def test_gdn_save_wv_selection_on_fla_host(clean_env, state, wv, kept):
     assert gdn.GDN_SAVE_WV is False
 
 
-@pytest.mark.parametrize("chain", ["0", "1", "bwd"])
+@pytest.mark.parametrize("chain", ["auto", "0", "1", "bwd"])
 def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
     """GDN_STATE_CHAIN=1 runs our state recurrences inside the state-saving op (and leaves FLA's BV=16 tiles
-    alone), bwd only the backward's, 0 FLA's; the GDN line says which. 1 or bwd without the state op
-    (GDN_SAVE_STATE=0) is refused."""
+    alone), bwd only the backward's, 0 FLA's, auto (the default) bwd at the default head dims; the GDN line says
+    which. 1 or bwd without the state op (GDN_SAVE_STATE=0) is refused; auto falls back to 0 there."""
     _, state = fake_fla_host(clean_env, None)
     widened = []
     clean_env.setattr(gdn, "widen_recurrence_tiles", lambda: widened.append(1))
-    args = small_args(clean_env, GDN_STATE_CHAIN=chain, TRAIN_SEQ_LEN="32768", TRAIN_BATCH_TOKENS="524288")
+    args = small_args(clean_env, **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)),
+                      TRAIN_SEQ_LEN="32768", TRAIN_BATCH_TOKENS="524288")
+    assert args.gdn_state_chain == chain
     lines = gdn.prepare_mixers(args, torch.device("cuda"))
-    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN == chain
-    assert ("our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (chain == "1")
-    assert ("backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)" in lines[2]) == (chain == "bwd")
-    assert ("BV=16" in lines[2]) == (chain != "1") and len(widened) == (chain != "1")  # FLA's forward still runs
-    if chain != "0":
+    used = "bwd" if chain == "auto" else chain
+    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN == used
+    assert ("our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (used == "1")
+    assert ("backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)" in lines[2]) == (used == "bwd")
+    assert ("BV=16" in lines[2]) == (used != "1") and len(widened) == (used != "1")  # FLA's forward still runs
+    no_state = small_args(clean_env, GDN_SAVE_STATE="0", **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)))
+    if chain in ("1", "bwd"):
         with pytest.raises(gdn.ConfigError, match=f"GDN_STATE_CHAIN={chain}: needs the state-saving op.*"
                                                   "GDN_SAVE_STATE=0"):
-            gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE="0", GDN_STATE_CHAIN=chain),
-                               torch.device("cuda"))
-        assert gdn.GDN_STATE_CHAIN == "0"
+            gdn.prepare_mixers(no_state, torch.device("cuda"))
+    else:
+        assert "chain kernels" not in gdn.prepare_mixers(no_state, torch.device("cuda"))[2]
+    assert gdn.GDN_STATE_CHAIN == "0"
+
+
+def test_gdn_state_chain_auto_keeps_fla_beyond_the_timed_tiles(clean_env):
+    """GDN_STATE_CHAIN=auto runs our backward recurrence only at head dims within the tiles it was timed at (dk <= 64,
+    dv <= 128); wider heads keep FLA's, and the GDN line says why. An explicit bwd is kept at any dims."""
+    assert gdn.state_chain_choice("auto", 42, 84) == ("bwd", "")
+    assert gdn.state_chain_choice("auto", 64, 128) == ("bwd", "")
+    assert gdn.state_chain_choice("auto", 65, 128)[0] == "0" and gdn.state_chain_choice("auto", 64, 129)[0] == "0"
+    assert gdn.state_chain_choice("bwd", 128, 256) == ("bwd", "") and gdn.state_chain_choice("0", 42, 84) == ("0", "")
+    fake_fla_host(clean_env, None)
+    args = small_args(clean_env, GDN_HEAD_DIM_RATIO="5.0")  # dk = 5 x 64 / 4 = 80
+    _, dk, dv = gdn.gdn_dims(args)
+    assert dk > 64
+    lines = gdn.prepare_mixers(args, torch.device("cuda"))
+    assert gdn.GDN_STATE_CHAIN == "0"
+    assert f"state recurrences: FLA's (GDN_STATE_CHAIN=auto: head dims dk={dk} dv={dv}" in lines[2]
 
 
 def test_gdn_save_state_auto_falls_back_but_1_refuses(clean_env):
