@@ -1121,7 +1121,7 @@ def register_fla_gdn_state_op() -> str | None:
     pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it also keeps
     the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u recompute and
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
-    instead of FLA's fwd_h / bwd_dhu; with GDN_STATE_CHAIN=bwd only the backward's. Returns None when registered
+    instead of FLA's fwd_h / bwd_dhu; with bwd (auto's pick, v25) only the backward's. Returns None when registered
     (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
