@@ -123,6 +123,7 @@ class Hyperparameters:
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
+        self.gdn_chain_segment = env_int("GDN_CHAIN_SEGMENT", 0, 0)  # their chains cut every N chunks (0: not)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)

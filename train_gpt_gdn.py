@@ -129,6 +129,7 @@ class Hyperparameters:
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
+        self.gdn_chain_segment = env_int("GDN_CHAIN_SEGMENT", 0, 0)  # their chains cut every N chunks (0: not)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1007,33 +1008,68 @@ def build_state_kernels() -> dict:
 
     @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=ns)
                               for bv in (16, 32, 64) for nw in (2, 4) for ns in (2, 3, 4)],
-                     key=["K", "V", "BK", "REVERSE", "IEEE"])
+                     key=["K", "V", "W", "BK", "REVERSE", "IEEE", "MODE"])
     @triton.jit
-    def chain_kernel(A, Bm, S, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, REVERSE: tl.constexpr, IEEE: tl.constexpr):
-        # one program per (value tile, sequence x head): s <- A_c s + B_c over c ascending, or s <- A_c^T s + B_c
-        # over c descending (REVERSE), storing s before each chunk's update at S[c]
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    def chain_kernel(A, Bm, S, X, NT, NC, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, IEEE: tl.constexpr,
+                     MODE: tl.constexpr):
+        # one program per (column tile, segment of NC chunks, sequence x head): s <- A_c s + B_c over the segment's
+        # chunks ascending, or s <- A_c^T s + B_c descending (REVERSE). MODE 0: one segment (NC >= NT) from s = 0,
+        # storing s before each chunk's update at S[c]. With segments (GDN_CHAIN_SEGMENT), MODE 1 runs each
+        # segment from s = [0 | I] over W = V + K columns (B_c only in the first V) and stores only its end,
+        # [e | M] (M: the product of its A_c's), at X[seg]; MODE 2 runs each from its true start state X[seg]
+        # (chain_scan_kernel's), storing as MODE 0. Chains NC steps long instead of NT, on NT / NC times the programs.
+        i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        NSEG = tl.cdiv(NT, NC)
         kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-        mk, mkv = kk < K, (kk < K)[:, None] & (vv < V)[None, :]
+        mk, mb = kk < K, (kk < K)[:, None] & (vv < V)[None, :]
         a_off = kk[None, :] * K + kk[:, None] if REVERSE else kk[:, None] * K + kk[None, :]  # A^T: swapped strides
         b_off = kk[:, None] * V + vv[None, :]
         head = i_b * NT * H + i_h  # chunk c of this sequence and head: head + c * H
-        s = tl.zeros([BK, BV], dtype=tl.float32)
+        c0 = i_s * NC
+        n = tl.minimum(NC, NT - c0)
+        x_off = (((i_b * NSEG + i_s) * H + i_h) * K + kk[:, None]) * W + vv[None, :]
+        if MODE == 1:
+            s = (kk[:, None] == (vv - V)[None, :]).to(tl.float32)
+        elif MODE == 2:
+            s = tl.load(X + x_off, mask=mb, other=0.0)
+        else:
+            s = tl.zeros([BK, BV], dtype=tl.float32)
         # B_c is loaded one step ahead: Triton pipelines A_c (a dot operand) through shared memory but not B_c (the
         # dot's accumulator), whose load latency would otherwise stand in every step of the chain (v23)
-        b_b = tl.load(Bm + (head + (NT - 1 if REVERSE else 0) * H) * K * V + b_off, mask=mkv, other=0.0)
-        for i in range(NT):
-            c = NT - 1 - i if REVERSE else i
+        b_b = tl.load(Bm + (head + (c0 + n - 1 if REVERSE else c0) * H) * K * V + b_off, mask=mb, other=0.0)
+        for i in range(n):
+            c = c0 + n - 1 - i if REVERSE else c0 + i
             chunk = head + c * H
-            tl.store(S + chunk * K * V + b_off, s.to(S.dtype.element_ty), mask=mkv)
-            i_next = tl.minimum(i + 1, NT - 1)  # the last step reloads its own B: in bounds, unused
-            c_next = NT - 1 - i_next if REVERSE else i_next
-            b_next = tl.load(Bm + (head + c_next * H) * K * V + b_off, mask=mkv, other=0.0)
+            if MODE != 1:
+                tl.store(S + chunk * K * V + b_off, s.to(S.dtype.element_ty), mask=mb)
+            i_next = tl.minimum(i + 1, n - 1)  # the last step reloads its own B: in bounds, unused
+            c_next = c0 + n - 1 - i_next if REVERSE else c0 + i_next
+            b_next = tl.load(Bm + (head + c_next * H) * K * V + b_off, mask=mb, other=0.0)
             b_a = tl.load(A + chunk * K * K + a_off, mask=mk[:, None] & mk[None, :], other=0.0)
             s = tl.dot(b_a, s, input_precision="ieee" if IEEE else "tf32") + b_b
             b_b = b_next
+        if MODE == 1:
+            tl.store(X + x_off, s, mask=mk[:, None] & (vv < W)[None, :])
+
+    @triton.jit
+    def chain_scan_kernel(X, Y, NSEG, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                          BV: tl.constexpr, REVERSE: tl.constexpr):
+        # the segments' true start states from their maps [e | M] (chain_kernel MODE 1): x = 0, then x <- M x + e
+        # over the segments in the chain's order, storing x before each at Y[seg]; full fp32 products (few steps)
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+        mk, mb = kk < K, (kk < K)[:, None] & (vv < V)[None, :]
+        x = tl.zeros([BK, BV], dtype=tl.float32)
+        for j in range(NSEG):
+            seg = NSEG - 1 - j if REVERSE else j
+            row = ((i_b * NSEG + seg) * H + i_h) * K + kk[:, None]  # rows of X[seg] (K x (V + K)) and Y[seg] (K x V)
+            tl.store(Y + row * V + vv[None, :], x, mask=mb)
+            b_m = tl.load(X + row * (V + K) + V + kk[None, :], mask=mk[:, None] & mk[None, :], other=0.0)
+            b_e = tl.load(X + row * (V + K) + vv[None, :], mask=mb, other=0.0)
+            x = tl.dot(b_m, x, input_precision="ieee") + b_e
 
     @triton.jit
     def epilogue_kernel(X, S, base, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -1081,36 +1117,50 @@ def build_state_kernels() -> dict:
         return out
 
     def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
-              backward: bool) -> Tensor:
+              backward: bool, segment: int) -> Tensor:
         B, T, H, K, NT, BK, ieee = dims(k)
         A = torch.empty(B, NT, H, K, K, device=k.device, dtype=torch.float32)
         Bm = torch.empty(B, NT, H, K, V, device=k.device, dtype=torch.float32)
         prep_kernel[(NT, B * H)](k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK,
                                  BV=max(16, triton.next_power_of_2(V)), BACKWARD=backward, IEEE=ieee)
         S = torch.empty(B, NT, H, K, V, device=k.device, dtype=k.dtype)
-        chain_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](A, Bm, S, NT, H=H, K=K, V=V, BK=BK,
-                                                                       REVERSE=backward, IEEE=ieee)
+        NC = segment if 0 < segment < NT else NT  # chunks per segment
+        nseg = triton.cdiv(NT, NC)
+        if nseg == 1:
+            chain_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), 1, B * H)](
+                A, Bm, S, S, NT, NT, H=H, K=K, V=V, W=V, BK=BK, REVERSE=backward, IEEE=ieee, MODE=0)
+            return S
+        X = torch.empty(B, nseg, H, K, V + K, device=k.device, dtype=torch.float32)  # each segment's [e | M]
+        chain_kernel[lambda meta: (triton.cdiv(V + K, meta["BV"]), nseg, B * H)](
+            A, Bm, S, X, NT, NC, H=H, K=K, V=V, W=V + K, BK=BK, REVERSE=backward, IEEE=ieee, MODE=1)
+        Y = torch.empty(B, nseg, H, K, V, device=k.device, dtype=torch.float32)  # each segment's start state
+        BV = min(64, max(16, triton.next_power_of_2(V)))
+        chain_scan_kernel[(triton.cdiv(V, BV), B * H)](X, Y, nseg, H=H, K=K, V=V, BK=BK, BV=BV, REVERSE=backward)
+        chain_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), nseg, B * H)](
+            A, Bm, S, Y, NT, NC, H=H, K=K, V=V, W=V, BK=BK, REVERSE=backward, IEEE=ieee, MODE=2)
         return S
 
     def v_new(u: Tensor, w: Tensor, h: Tensor) -> Tensor:
         """u - w h per chunk from saved states h; w (B, T, H, K), u (B, T, H, V) contiguous."""
         return epilogue(w, h, u, u, backward=False)  # the g argument is not read forward
 
-    def fwd_h(k: Tensor, w: Tensor, u: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        """(h, the state at each chunk's start in k's dtype; v_new = u - w h like u); g fp32 (B, T, H)."""
+    def fwd_h(k: Tensor, w: Tensor, u: Tensor, g: Tensor, segment: int = 0) -> tuple[Tensor, Tensor]:
+        """(h, the state at each chunk's start in k's dtype; v_new = u - w h like u); g fp32 (B, T, H); segment:
+        chunks per chain segment (GDN_CHAIN_SEGMENT; 0: one chain per sequence)."""
         k, w, u, g = (t.contiguous() for t in (k, w, u, g))
-        h = chain(k, w, u, u, u, g, u.size(-1), 1.0, backward=False)
+        h = chain(k, w, u, u, u, g, u.size(-1), 1.0, backward=False, segment=segment)
         return h, epilogue(w, h, u, g, backward=False)
 
-    def bwd_dhu(q: Tensor, k: Tensor, w: Tensor, g: Tensor, do: Tensor, dv: Tensor,
-                scale: float) -> tuple[Tensor, Tensor]:
+    def bwd_dhu(q: Tensor, k: Tensor, w: Tensor, g: Tensor, do: Tensor, dv: Tensor, scale: float,
+                segment: int = 0) -> tuple[Tensor, Tensor]:
         """(dh, the gradient of the state after each chunk in q's dtype; dv2 = dv + 2^(g_last - g) (k dh))."""
         q, k, w, g, do, dv = (t.contiguous() for t in (q, k, w, g, do, dv))
-        dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True)
+        dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True, segment=segment)
         return dh, epilogue(k, dh, dv, g, backward=True)
 
     return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu,
-            "kernels": {"prep": prep_kernel, "chain": chain_kernel, "epilogue": epilogue_kernel}}
+            "kernels": {"prep": prep_kernel, "chain": chain_kernel, "scan": chain_scan_kernel,
+                        "epilogue": epilogue_kernel}}
 
 
 def register_fla_gdn_state_op() -> str | None:
@@ -1157,7 +1207,7 @@ def register_fla_gdn_state_op() -> str | None:
         g_cum = chunk_local_cumsum(g, chunk_size=C, scale=RCP_LN2)  # FLA's chunk_gated_delta_rule_fwd, step by step
         w, u, A = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g_cum, beta=beta, chunk_size=C)
         if GDN_STATE_CHAIN == "1":
-            h, v_new = ours["fwd_h"](k, w, u, g_cum)
+            h, v_new = ours["fwd_h"](k, w, u, g_cum, segment=GDN_CHAIN_SEGMENT)
         else:
             h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
                                                        output_final_state=False, chunk_size=C)
@@ -1181,7 +1231,7 @@ def register_fla_gdn_state_op() -> str | None:
             v_new = ours["v_new"](u, w, h)  # instead of FLA's second pass of the state recurrence
         dv = chunk_bwd_dv_local(q=q, k=k, g=g_cum, do=do, scale=scale, chunk_size=C)
         if chain:  # GDN_STATE_CHAIN 1 or bwd when the forward ran
-            dh, dv = ours["bwd_dhu"](q, k, w, g_cum, do, dv, scale)
+            dh, dv = ours["bwd_dhu"](q, k, w, g_cum, do, dv, scale, segment=GDN_CHAIN_SEGMENT)
         else:
             dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
                                                        scale=scale, chunk_size=C)
@@ -1219,6 +1269,7 @@ def register_fla_gdn_state_op() -> str | None:
 GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STATE auto or 1)
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
 GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN auto)
+GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
 
 
 def state_chain_choice(setting: str, dk: int, dv: int) -> tuple[str, str]:
@@ -1533,8 +1584,8 @@ def import_fla() -> tuple[object, str]:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
-    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN
-    GDN_SAVE_WV, GDN_STATE_CHAIN = False, "0"
+    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT
+    GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT = False, "0", 0
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1577,6 +1628,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                              "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
                              "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"
                              }[GDN_STATE_CHAIN]
+                    if GDN_STATE_CHAIN != "0" and args.gdn_chain_segment:
+                        GDN_CHAIN_SEGMENT = args.gdn_chain_segment
+                        note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1604,6 +1658,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, "
                           f"GDN_SAVE_STATE={args.gdn_save_state}{', no GDN layers' if not gdn else ''}; "
                           f"use GDN_STATE_CHAIN=0")
+    if args.gdn_chain_segment and not GDN_CHAIN_SEGMENT:
+        raise ConfigError(f"GDN_CHAIN_SEGMENT={args.gdn_chain_segment}: cuts our state recurrences' chains, but this "
+                          f"run has none (GDN_STATE_CHAIN={args.gdn_state_chain} resolved to {GDN_STATE_CHAIN}, "
+                          f"GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}); use GDN_CHAIN_SEGMENT=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

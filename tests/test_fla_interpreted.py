@@ -92,7 +92,11 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
                                                                     fullgraph=True, backend="aot_eager"))
     gdn.GDN_STATE_CHAIN = "bwd"  # FLA's forward recurrence, ours backward
     got["state op, our backward recurrence"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
-    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = False, "0"
+    gdn.GDN_CHAIN_SEGMENT = 3  # its chain in segments of 3 chunks (of 4: one of 3, one of 1)
+    got["state op, our backward recurrence in segments"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_STATE_CHAIN = "1"
+    got["state op, our recurrences in segments"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT = False, "0", 0
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
     # v21's BV=16 value tiles in FLA's two state recurrences (widen_recurrence_tiles): run alone, the same numbers
     assert gdn.widen_recurrence_tiles() is None

@@ -443,6 +443,23 @@ def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
     assert gdn.GDN_STATE_CHAIN == "0"
 
 
+@pytest.mark.parametrize("chain", ["auto", "1", "0"])
+def test_gdn_chain_segment_selection_on_fla_host(clean_env, chain):
+    """GDN_CHAIN_SEGMENT=N cuts our state recurrences' chains every N chunks where they run (GDN_STATE_CHAIN auto
+    or 1 with the state op), and the GDN line says so; where none of ours runs it is refused, not ignored."""
+    fake_fla_host(clean_env, None)
+    args = small_args(clean_env, GDN_CHAIN_SEGMENT="16", **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)))
+    if chain == "0":
+        with pytest.raises(gdn.ConfigError, match="GDN_CHAIN_SEGMENT=16: .*GDN_STATE_CHAIN=0.*GDN_CHAIN_SEGMENT=0"):
+            gdn.prepare_mixers(args, torch.device("cuda"))
+        assert gdn.GDN_CHAIN_SEGMENT == 0
+        return
+    lines = gdn.prepare_mixers(args, torch.device("cuda"))
+    assert gdn.GDN_CHAIN_SEGMENT == 16 and "in segments of 16 chunks (GDN_CHAIN_SEGMENT)" in lines[2]
+    gdn.prepare_mixers(small_args(clean_env, GDN_CHAIN_SEGMENT="0"), torch.device("cuda"))
+    assert gdn.GDN_CHAIN_SEGMENT == 0  # reset by each call
+
+
 def test_gdn_state_chain_auto_keeps_fla_beyond_the_timed_tiles(clean_env):
     """GDN_STATE_CHAIN=auto runs our backward recurrence only at head dims within the tiles it was timed at (dk <= 64,
     dv <= 128); wider heads keep FLA's, and the GDN line says why. An explicit bwd is kept at any dims."""

@@ -29,20 +29,23 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
         g = chunk_local_cumsum(-torch.rand(B, T, H) * decay, chunk_size=64, scale=RCP_LN2)  # as the state op
         scale = K ** -0.5
         states = (B, -(-T // 64), H, K, V)
-        h, v_new = sc.fwd_h(k, w, u, g)
-        dh, dv2 = sc.bwd_dhu(q, k, w, g, do, dv, scale)
-        ours = (h, v_new, dh, dv2)
-        assert all(torch.isfinite(t).all() for t in ours)
-        assert [tuple(t.shape) for t in ours] == [states, u.shape, states, dv.shape]
         ref = sc.reference(q, k, w, u, g, do, dv, scale)
         h_f, v_f, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=None, output_final_state=False,
                                                    chunk_size=64)
         dh_f, _, dv2_f = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g, h0=None, dht=None, do=do, dv=dv,
                                                         scale=scale, chunk_size=64)
-        for name, a, r, f in zip(("h", "v_new", "dh", "dv2"), ours, ref, (h_f, v_f, dh_f, dv2_f)):
-            e_ref, e_fla = rel(a.double(), r), rel(a, f)
-            print(B, T, H, K, V, decay, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e}")
-            assert e_ref < 1e-5 and e_fla < 1e-5, (name, e_ref, e_fla)
+        # one chain, then chains of 1, 2 and 3 chunks (GDN_CHAIN_SEGMENT: the last segment shorter where it does
+        # not divide, one segment where it is the whole length)
+        for segment in (0, 1, 2, 3):
+            h, v_new = sc.fwd_h(k, w, u, g, segment=segment)
+            dh, dv2 = sc.bwd_dhu(q, k, w, g, do, dv, scale, segment=segment)
+            ours = (h, v_new, dh, dv2)
+            assert all(torch.isfinite(t).all() for t in ours)
+            assert [tuple(t.shape) for t in ours] == [states, u.shape, states, dv.shape]
+            for name, a, r, f in zip(("h", "v_new", "dh", "dv2"), ours, ref, (h_f, v_f, dh_f, dv2_f)):
+                e_ref, e_fla = rel(a.double(), r), rel(a, f)
+                print(B, T, H, K, V, decay, segment, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e}")
+                assert e_ref < 1e-5 and e_fla < 1e-5, (name, segment, e_ref, e_fla)
     print("ok")
 """)
 
@@ -80,17 +83,18 @@ BENCH_CHECK = INTERP_PATCHES + textwrap.dedent("""
     from tools.gpu.bench_recurrence_tiles import make_recurrence_inputs
     from tools.gpu.bench_state_chain import compare
     x = make_recurrence_inputs(1, 192, 0, device="cpu", dtype=torch.float32)  # the study's heads and head dims
-    errs = compare(x, with_fp64=True)
-    print(errs)
-    assert set(errs) == {"h", "v_new", "dh", "dv2"}
-    assert all(max(e) < 1e-5 for e in errs.values()), errs
+    for segment in (0, 2):  # one chain; segments of 2 chunks and 1 (GDN_CHAIN_SEGMENT)
+        errs = compare(x, with_fp64=True, segment=segment)
+        print(segment, errs)
+        assert set(errs) == {"h", "v_new", "dh", "dv2"}
+        assert all(max(e) < 1e-5 for e in errs.values()), errs
     print("ok")
 """)
 
 
 def test_bench_tool_compares_with_fla_and_float64():
     """tools/gpu/bench_state_chain.py's comparison (the part of it that does not time) on the study's head shapes
-    (8 heads, dk 42, dv 84), fp32 on the CPU: ours, FLA's and float64 agree."""
+    (8 heads, dk 42, dv 84), fp32 on the CPU: ours (one chain and in segments), FLA's and float64 agree."""
     require_fla()
     r = run_with_triton(BENCH_CHECK, "0")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
@@ -102,19 +106,22 @@ SM90 = SM90_HELPER + textwrap.dedent("""
     shape = dict(H=8, K=42, V=84, BK=64)
     prep = {**ptr("k w x do dv".split(), "*bf16"), "g": "*fp32", "A": "*fp32", "Bm": "*fp32", "scale": "fp32",
             "T": "i32", "NT": "i32"}
-    chain = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
+    chain = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "X": "*fp32", "NT": "i32", "NC": "i32"}
+    scan = {"X": "*fp32", "Y": "*fp32", "NSEG": "i32"}
     epi = {**ptr("X S base".split(), "*bf16"), "g": "*fp32", "out": "*bf16", "T": "i32", "NT": "i32"}
     for backward in (False, True):
         print("sm90 prep", backward, compile_sm90(sc.kernels["prep"], prep, dict(shape, BT=64, BV=128,
                                                                               BACKWARD=backward, IEEE=False)))
         print("sm90 epilogue", backward, compile_sm90(sc.kernels["epilogue"], epi, dict(shape, BT=64, BV=64,
                                                                                      BACKWARD=backward, IEEE=False)))
-    for cfg in sc.kernels["chain"].configs:  # every config the autotuner may pick, both directions
+        print("sm90 scan", backward, compile_sm90(sc.kernels["scan"], scan, dict(shape, BV=64, REVERSE=backward)))
+    for cfg in sc.kernels["chain"].configs:  # every config the autotuner may pick, both directions, every mode
         for reverse in (False, True):
-            used = compile_sm90(sc.kernels["chain"].fn, chain,
-                                dict(shape, REVERSE=reverse, IEEE=False, **cfg.kwargs),
-                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            print("sm90 chain", cfg, reverse, used)
+            for mode in (0, 1, 2):  # one chain; a segment's map [e | M] over V + K columns; a segment from its start
+                used = compile_sm90(sc.kernels["chain"].fn, chain,
+                                    dict(shape, W=84 + 42 * (mode == 1), REVERSE=reverse, IEEE=False, MODE=mode,
+                                         **cfg.kwargs), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                print("sm90 chain", cfg, reverse, mode, used)
     print("ok")
 """)
 
@@ -124,16 +131,18 @@ def test_kernels_compile_for_hopper():
     every chain config, compiled for sm_90 and assembled by ptxas on this machine (no GPU)."""
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
-    assert r.stdout.count("sm90 chain") == 36 and r.stdout.count("sm90 prep") == 2
+    assert r.stdout.count("sm90 chain") == 108 and r.stdout.count("sm90 prep") == 2
+    assert r.stdout.count("sm90 scan") == 2
 
 
 PREFETCH = SM90_HELPER + textwrap.dedent("""
     import re
     from tools.kernels import state_chain as sc
     const = dict(H=8, K=42, V=84, BK=64, BV=16, IEEE=False)
-    sig = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "NT": "i32"}
-    for reverse in (False, True):
-        ir = build_sm90(sc.kernels["chain"].fn, sig, dict(const, REVERSE=reverse)).asm["ttgir"]
+    sig = {"A": "*fp32", "Bm": "*fp32", "S": "*bf16", "X": "*fp32", "NT": "i32", "NC": "i32"}
+    for reverse, mode in ((False, 0), (True, 0), (False, 1), (True, 2)):
+        ir = build_sm90(sc.kernels["chain"].fn, sig, dict(const, W=84 + 42 * (mode == 1), REVERSE=reverse,
+                                                          MODE=mode)).asm["ttgir"]
         body = ir[ir.index("scf.for"):]
         body = body[:body.index("scf.yield")]
         body += ir[ir.index("scf.yield", ir.index("scf.for")):].split("\\n")[0]
@@ -151,7 +160,7 @@ PREFETCH = SM90_HELPER + textwrap.dedent("""
 def test_chain_loads_b_one_step_ahead():
     """The chain kernel's step (v23): compiled for sm_90, its loop's one register load (B_c; A_c goes through
     Triton's pipelined async copies) is used only by the loop's yield, i.e. by the next step, so its latency is
-    not in the step's dependent path; the product is a wgmma. Both directions."""
+    not in the step's dependent path; the product is a wgmma. Both directions, and the segment modes."""
     r = run_with_triton(PREFETCH, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
 

@@ -55,6 +55,8 @@ def test_positive_ints():
     ("gpu/bench_state_chain.py", ["--shapes", "2x100"], "--shapes '2x100': expected comma-separated BxT"),
     ("gpu/bench_state_chain.py", ["--reference-shape", "1x64,2x64"], "--reference-shape '1x64,2x64': expected one"),
     ("gpu/bench_state_chain.py", ["--reference-shape", "1x50"], "--reference-shape '1x50': expected comma-sep"),
+    ("gpu/bench_state_chain.py", ["--segments", "0,x"], "--segments '0,x': expected comma-separated whole"),
+    ("gpu/bench_state_chain.py", ["--segments", "-4"], "--segments '-4': expected comma-separated whole"),
     ("gpu/bench_state_chain.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
     ("gpu/bench_state_chain.py", ["--flush-mib", "0"], "--flush-mib 0: expected a positive integer"),
 ])

@@ -33,20 +33,26 @@ TOL_SAME = 5e-3  # the state-saving op against our op over FLA's own backward (s
 TOL_CHAIN = 1e-2  # our state recurrences (tf32 fp32 chain) against FLA's (bf16 state products): both round
 
 
+CHECK_SEGMENT = 3  # GDN_CHAIN_SEGMENT of the ...-seg paths: 11 segments at T = 2048, the last one shorter
+
+
 @contextlib.contextmanager
-def state_flags(save_wv: bool, chain: str):
-    """The state op's GDN_SAVE_WV and GDN_STATE_CHAIN switches set for a block."""
-    kept = gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN
-    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = save_wv, chain
+def state_flags(save_wv: bool, chain: tuple[str, int]):
+    """The state op's GDN_SAVE_WV, GDN_STATE_CHAIN and GDN_CHAIN_SEGMENT switches set for a block."""
+    kept = gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT
+    gdn.GDN_SAVE_WV, (gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT) = save_wv, chain
     try:
         yield
     finally:
-        gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN = kept
+        gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT = kept
 
 
-def chain_setting(path: str) -> str:
-    """GDN_STATE_CHAIN for a path named ...chain (1) or ...chain-bwd (bwd); 0 otherwise."""
-    return "bwd" if path.endswith("chain-bwd") else "1" if path.endswith("chain") else "0"
+def chain_setting(path: str) -> tuple[str, int]:
+    """(GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT) for a path named ...chain (1) or ...chain-bwd (bwd), 0 otherwise; with
+    ...-seg, its chains in segments of CHECK_SEGMENT chunks."""
+    segment = CHECK_SEGMENT if path.endswith("-seg") else 0
+    path = path.removesuffix("-seg")
+    return ("bwd" if path.endswith("chain-bwd") else "1" if path.endswith("chain") else "0"), segment
 
 
 @contextlib.contextmanager
@@ -112,6 +118,7 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
     # GDN_SAVE_WV=1, and with our state recurrences, GDN_STATE_CHAIN=1 or bwd), FLA's public op
     for path, use in (("op", gdn.GDN_OP), ("state-op", gdn.GDN_STATE_OP), ("state-op-wv", gdn.GDN_STATE_OP),
                       ("state-op-chain", gdn.GDN_STATE_OP), ("state-op-chain-bwd", gdn.GDN_STATE_OP),
+                      ("state-op-chain-seg", gdn.GDN_STATE_OP), ("state-op-chain-bwd-seg", gdn.GDN_STATE_OP),
                       ("public", None)):
         if path.startswith("state-op") and use is None:
             continue
@@ -126,9 +133,10 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
         (o_w, g_w) = by_path["state-op-wv"]  # w and v_new from the forward instead of recomputed
         rows += [("fla state-op-wv vs state-op", "o", rel(o_w, o_s), 0.0)]
         rows += [("fla state-op-wv vs state-op", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_w, g_s)]
-        for path in ("state-op-chain", "state-op-chain-bwd"):  # our state recurrences (both, or the backward's)
+        # our state recurrences (both, or the backward's; one chain, or in segments: GDN_CHAIN_SEGMENT)
+        for path in ("state-op-chain", "state-op-chain-bwd", "state-op-chain-seg", "state-op-chain-bwd-seg"):
             (o_c, g_c) = by_path[path]
-            rows += [(f"fla {path} vs state-op-wv", "o", rel(o_c, o_w), 0.0 if path.endswith("bwd") else TOL_CHAIN)]
+            rows += [(f"fla {path} vs state-op-wv", "o", rel(o_c, o_w), 0.0 if "bwd" in path else TOL_CHAIN)]
             rows += [(f"fla {path} vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
                      for n, x, y in zip("qkvgb", g_c, g_w)]
     o_fla, g_fla = o_f, g_f
@@ -190,7 +198,7 @@ def check_layer(B, T, seed):
             ("fla compiled", torch.compile(layer_f), gdn.GDN_OP)]
     if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto), and with GDN_STATE_CHAIN=1
         runs += [(f"fla state{c}{comp}", torch.compile(layer_f) if comp else layer_f, gdn.GDN_STATE_OP)
-                 for c in ("", " chain") for comp in ("", " compiled")]
+                 for c in ("", " chain", " chain-bwd-seg") for comp in ("", " compiled")]
     for name, layer, op in runs:
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
@@ -209,7 +217,7 @@ def check_layer(B, T, seed):
     # from it than 1.5x the eager FLA layer's own distance (+2e-3), as in tools/check_compile.py.
     def flat(o):
         return [("out", o[0]), ("dx", o[1])] + [(f"d{n}", o[2][n]) for n in sorted(o[2])]
-    for kind in ("fla", "fla state", "fla state chain") if "fla state" in outs else ("fla",):
+    for kind in ("fla", "fla state", "fla state chain", "fla state chain-bwd-seg") if "fla state" in outs else ("fla",):
         for (what, ref), (_, eager), (_, comp) in zip(flat(outs["fp32"]), flat(outs[kind]),
                                                      flat(outs[f"{kind} compiled"])):
             e_eager = rel(eager.float(), ref)
@@ -218,8 +226,9 @@ def check_layer(B, T, seed):
     if "fla state" in outs:  # the state op's eager layer: FLA's op's numbers (bf16 rounding apart at most)
         rows += [("layer fla state vs fla", w, rel(a.float(), b.float()), TOL_SAME)
                  for (w, a), (_, b) in zip(flat(outs["fla state"]), flat(outs["fla"]))]
-        rows += [("layer fla state chain vs fla state", w, rel(a.float(), b.float()), TOL_CHAIN)
-                 for (w, a), (_, b) in zip(flat(outs["fla state chain"]), flat(outs["fla state"]))]
+        for c in ("chain", "chain-bwd-seg"):  # our state recurrences: both; the backward's in segments
+            rows += [(f"layer fla state {c} vs fla state", w, rel(a.float(), b.float()), TOL_CHAIN)
+                     for (w, a), (_, b) in zip(flat(outs[f"fla state {c}"]), flat(outs["fla state"]))]
     return rows
 
 

@@ -11,9 +11,10 @@ tools/gpu/bench_recurrence_tiles.py makes them (fresh random q, k, v, g, beta th
 forward).
 
     python3 tools/gpu/bench_state_chain.py [--shapes 2x32768,3x16384,6x8192] [--iters 20]
-        [--reference-shape 1x2048] [--flush-mib 256]
+        [--reference-shape 1x2048] [--flush-mib 256] [--segments 0]
 
-Predictions: PERF_NOTES, v22 and v23 sections.
+--segments: ours with each chain cut into segments of that many chunks (GDN_CHAIN_SEGMENT; 0 = one chain), each
+timed and checked against FLA's. Predictions: PERF_NOTES, v22, v23 and v26 sections.
 """
 from __future__ import annotations
 
@@ -29,18 +30,18 @@ from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, kernels, mak
                                               parse_shapes, pick_at_this_shape)
 
 
-def ours(x: dict[str, torch.Tensor]):
+def ours(x: dict[str, torch.Tensor], segment: int = 0):
     from tools.kernels import state_chain as sc
     scale = DK ** -0.5
-    return [("fwd_h", lambda: sc.fwd_h(x["k"], x["w"], x["u"], x["g"])),
-            ("bwd_dhu", lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale))]
+    return [("fwd_h", lambda: sc.fwd_h(x["k"], x["w"], x["u"], x["g"], segment=segment)),
+            ("bwd_dhu", lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale, segment=segment))]
 
 
-def compare(x: dict[str, torch.Tensor], with_fp64: bool) -> dict[str, tuple[float, float, float]]:
+def compare(x: dict[str, torch.Tensor], with_fp64: bool, segment: int = 0) -> dict[str, tuple[float, float, float]]:
     """Output name -> (ours vs FLA's, ours vs float64, FLA's vs float64) relative differences (the float64 pair
     NaN without with_fp64): h and v_new of the forward, dh and dv2 of the backward."""
     from tools.kernels import state_chain as sc
-    mine = [t for _, call in ours(x) for t in call()]
+    mine = [t for _, call in ours(x, segment) for t in call()]
     fla = [t for _, _, call in kernels(x) for t in call()]
     ref = sc.reference(*(x[n].cpu() for n in ("q", "k", "w", "u", "g", "do", "dv")), scale=DK ** -0.5) \
         if with_fp64 else [None] * 4
@@ -59,7 +60,14 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
+    p.add_argument("--segments", default="0", help="comma-separated chunks per chain segment (0: one chain)")
     a = p.parse_args()
+    try:
+        segments = [int(v) for v in a.segments.split(",")]
+    except ValueError:
+        segments = [-1]
+    if not segments or min(segments) < 0:
+        p.error(f"--segments {a.segments!r}: expected comma-separated whole numbers (chunks per segment, 0: none)")
     shapes = parse_shapes(p, a.shapes)
     ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
     if len(ref_shape) != 1:
@@ -80,8 +88,10 @@ def main() -> int:
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
     B, T = ref_shape[0]
     x = make_recurrence_inputs(B, T, a.seed)
-    for name, (e_fla, e_ours64, e_fla64) in compare(x, with_fp64=True).items():
-        print(f"check {B}x{T} {name}: ours vs fla {e_fla:.2e}, ours vs fp64 {e_ours64:.2e}, fla vs fp64 {e_fla64:.2e}")
+    for seg in segments:
+        for name, (e_fla, e_ours64, e_fla64) in compare(x, with_fp64=True, segment=seg).items():
+            print(f"check {B}x{T} segment {seg} {name}: ours vs fla {e_fla:.2e}, ours vs fp64 {e_ours64:.2e}, "
+                  f"fla vs fp64 {e_fla64:.2e}")
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device="cuda")
     flush_ms = graph_ms(flush.zero_, iters=a.iters)
     widened = False
@@ -93,19 +103,22 @@ def main() -> int:
             widened = True
             print(f"fla_bv16:{'added' if why is None else why} (shapes from here on)")
         x = make_recurrence_inputs(B, T, a.seed)
-        for (name, fla_kernel, fla_call), (_, our_call) in zip(kernels(x), ours(x)):
+        for i, (name, fla_kernel, fla_call) in enumerate(kernels(x)):
             f_out, fla_pick = pick_at_this_shape(autotuner(fla_kernel), fla_call)
-            o_out, our_pick = pick_at_this_shape(sc.kernels["chain"], our_call)
-            errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
-            f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
-            f_cold, o_cold = (graph_ms(lambda: (flush.zero_(), call()), iters=a.iters) - flush_ms
-                              for call in (fla_call, our_call))
-            rows.append((name, B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
-            print(f"{name} {B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla "
-                  f"{f_cold:.3f}, ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
-                  f"{' '.join(f'{e:.1e}' for e in errs)}; picks: fla {fla_pick}, ours {our_pick}", flush=True)
-    for name, B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick in rows:
-        print(f"state_chain kernel:{name} shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} "
+            f_ms = graph_ms(fla_call, iters=a.iters)
+            f_cold = graph_ms(lambda: (flush.zero_(), fla_call()), iters=a.iters) - flush_ms
+            for seg in segments:
+                our_call = ours(x, seg)[i][1]
+                o_out, our_pick = pick_at_this_shape(sc.kernels["chain"], our_call)
+                errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
+                o_ms = graph_ms(our_call, iters=a.iters)
+                o_cold = graph_ms(lambda: (flush.zero_(), our_call()), iters=a.iters) - flush_ms
+                rows.append((name, B, T, seg, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
+                print(f"{name} {B}x{T} segment {seg}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); "
+                      f"cold L2: fla {f_cold:.3f}, ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
+                      f"{' '.join(f'{e:.1e}' for e in errs)}; picks: fla {fla_pick}, ours {our_pick}", flush=True)
+    for name, B, T, seg, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick in rows:
+        print(f"state_chain kernel:{name} shape:{B}x{T} segment:{seg} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} "
               f"ratio:{o_ms / f_ms:.4f} fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} "
               f"cold_ratio:{o_cold / f_cold:.4f} max_rel_diff:{max(errs):.3e} fla_pick:{fla_pick} "
               f"ours_pick:{our_pick}")
