@@ -114,7 +114,9 @@ SM90 = SM90_HELPER + textwrap.dedent("""
                                                                               BACKWARD=backward, IEEE=False)))
         print("sm90 epilogue", backward, compile_sm90(sc.kernels["epilogue"], epi, dict(shape, BT=64, BV=64,
                                                                                      BACKWARD=backward, IEEE=False)))
-        print("sm90 scan", backward, compile_sm90(sc.kernels["scan"], scan, dict(shape, BV=64, REVERSE=backward)))
+        used = compile_sm90(sc.kernels["scan"], scan, dict(shape, BV=32, REVERSE=backward, IEEE=False))
+        print("sm90 scan", backward, used)
+        assert " 0 bytes spill stores" in used, used  # 3xTF32 on tensor cores; "ieee" spilled 14 KB a thread
     for cfg in sc.kernels["chain"].configs:  # every config the autotuner may pick, both directions, every mode
         for reverse in (False, True):
             for mode in (0, 1, 2):  # one chain; a segment's map [e | M] over V + K columns; a segment from its start
