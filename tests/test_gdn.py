@@ -547,14 +547,14 @@ def v_new_ref(u, w, h):  # u - w h per 64-row chunk, as build_state_kernels' v_n
 
 spec = importlib.util.spec_from_file_location("gdn", sys.argv[1])
 gdn = sys.modules["gdn"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(gdn)
-def our_fwd_h(k, w, u, g):  # stand-ins for our state recurrences (GDN_STATE_CHAIN), recorded like FLA's
+def our_fwd_h(k, w, u, g, segment):  # stand-ins for our state recurrences (GDN_STATE_CHAIN), recorded like FLA's
     out = (torch.randn(k.size(0), NT(k.size(1)), k.size(2), k.size(3), u.size(3)), u * 0 + 7)
-    calls.append(("our_fwd_h", dict(k=k, w=w, u=u, g=g), out))
+    calls.append(("our_fwd_h", dict(k=k, w=w, u=u, g=g, segment=segment), out))
     return out
 
-def our_bwd_dhu(q, k, w, g, do, dv, scale):
+def our_bwd_dhu(q, k, w, g, do, dv, scale, segment):
     out = (torch.randn(k.size(0), NT(k.size(1)), k.size(2), k.size(3), dv.size(3)), dv + 2)
-    calls.append(("our_dhu", dict(q=q, k=k, w=w, g=g, do=do, dv=dv, scale=scale), out))
+    calls.append(("our_dhu", dict(q=q, k=k, w=w, g=g, do=do, dv=dv, scale=scale, segment=segment), out))
     return out
 
 gdn.build_state_kernels = lambda: {"v_new": v_new_ref, "fwd_h": our_fwd_h, "bwd_dhu": our_bwd_dhu}
@@ -595,10 +595,12 @@ for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 
 gdn.GDN_STATE_CHAIN = "1"  # GDN_STATE_CHAIN: our recurrences in FLA's places, their outputs used downstream
+gdn.GDN_CHAIN_SEGMENT = 5  # handed to both (GDN_CHAIN_SEGMENT)
 leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
 calls.clear()
 o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
 assert [c[0] for c in calls] == ["cumsum", "intra", "our_fwd_h", "fwd_o"], [c[0] for c in calls]
+assert calls[2][1]["segment"] == 5
 w_fwd, u_fwd = calls[1][2][0], calls[1][2][1]
 h_ours, v_new_ours = calls[2][2]
 assert torch.equal(calls[2][1]["w"], w_fwd) and torch.equal(calls[2][1]["u"], u_fwd)
@@ -609,7 +611,8 @@ o.backward(torch.ones_like(o))
 names = [c[0] for c in calls]
 assert names == ["dv_local", "our_dhu", "dqkwg", "wy_bwd", "cumsum"], names
 dv_local, (dh_ours, dv2_ours) = calls[0][2], calls[1][2]
-assert torch.equal(calls[1][1]["dv"], dv_local) and calls[1][1]["scale"] == 0.5
+assert torch.equal(calls[1][1]["dv"], dv_local) and calls[1][1]["scale"] == 0.5 and calls[1][1]["segment"] == 5
+gdn.GDN_CHAIN_SEGMENT = 0
 assert torch.equal(calls[2][1]["dh"], dh_ours) and torch.equal(calls[2][1]["h"], h_ours)
 assert torch.equal(calls[2][1]["dv"], dv2_ours) and torch.equal(calls[3][1]["du"], dv2_ours)
 for got, want in zip([t.grad for t in leaves], (1.0, 12.0, 20.0, 88.0, 30.0)):
@@ -627,6 +630,7 @@ o.backward(torch.ones_like(o))
 names = [c[0] for c in calls]
 assert names == ["dv_local", "our_dhu", "dqkwg", "wy_bwd", "cumsum"], names
 assert torch.equal(calls[2][1]["h"], h_fla) and torch.equal(calls[2][1]["dh"], calls[1][2][0])
+assert calls[1][1]["segment"] == 0
 print("ok")
 '''
 
