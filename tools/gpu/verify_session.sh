@@ -9,6 +9,7 @@
 # Usage: bash tools/gpu/verify_session.sh OUT_DIR OLD_DIR
 #   env: ITEMS (ab_session items; default: the hybrid at 8k, 16k, 32k, new vs OLD_DIR) STEPS (10)
 #        STAGES ("gdn conv ab prof"; also "chain") PROF_RUNS ("hybrid:8192 baseline:8192") TOKENIZER_PATH DATA_PATH
+#        CHAIN_SEGMENTS (the chain stage's --segments, e.g. 0,16,32: GDN_CHAIN_SEGMENT values; default 0)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -ne 2 ]; then echo "usage: bash tools/gpu/verify_session.sh OUT_DIR OLD_DIR" >&2; exit 2; fi
@@ -18,12 +19,16 @@ STAGES=${STAGES:-gdn conv ab prof}
 for st in $STAGES; do
   case "$st" in chain|gdn|conv|ab|prof) ;; *) echo "STAGES: unknown stage '$st' (expected chain, gdn, conv, ab, prof)" >&2; exit 2 ;; esac
 done
+SEGMENTS=${CHAIN_SEGMENTS:-0}
+if ! [[ "$SEGMENTS" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+  echo "CHAIN_SEGMENTS=$SEGMENTS: expected comma-separated whole numbers" >&2; exit 2
+fi
 ITEMS=${ITEMS:-hybrid:8192:new hybrid:8192:old:$OLD hybrid:16384:new hybrid:16384:old:$OLD hybrid:32768:new hybrid:32768:old:$OLD}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 for st in $STAGES; do
   case "$st" in
-    chain) python3 tools/gpu/bench_state_chain.py > "$OUT/bench_state_chain.txt" 2>&1
+    chain) python3 tools/gpu/bench_state_chain.py --segments "$SEGMENTS" > "$OUT/bench_state_chain.txt" 2>&1
            echo "chain: exit $?"; grep "^state_chain" "$OUT/bench_state_chain.txt" ;;
     gdn) python3 tools/check_gdn_fla.py --seq-lens 100,2048 > "$OUT/gdn_check.txt" 2>&1
          echo "gdn: exit $? ($(tail -1 "$OUT/gdn_check.txt"))" ;;
