@@ -83,8 +83,9 @@ BENCH_CHECK = INTERP_PATCHES + textwrap.dedent("""
     from tools.gpu.bench_recurrence_tiles import make_recurrence_inputs
     from tools.gpu.bench_state_chain import compare
     x = make_recurrence_inputs(1, 192, 0, device="cpu", dtype=torch.float32)  # the study's heads and head dims
-    for segment in (0, 2):  # one chain; segments of 2 chunks and 1 (GDN_CHAIN_SEGMENT)
-        errs = compare(x, with_fp64=True, segment=segment)
+    by_segment = compare(x, with_fp64=True, segments=(0, 2))  # one chain; segments of 2 chunks and 1
+    assert set(by_segment) == {0, 2}
+    for segment, errs in by_segment.items():
         print(segment, errs)
         assert set(errs) == {"h", "v_new", "dh", "dv2"}
         assert all(max(e) < 1e-5 for e in errs.values()), errs

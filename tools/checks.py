@@ -25,15 +25,17 @@ def fla_tuned_per_process() -> None:
     os.environ.setdefault("FLA_CACHE_RESULTS", "0")
 
 
-def positive_ints(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
-    """Comma-separated positive integers of one option (e.g. --seq-lens 1024,8192); anything else stops the tool
-    through parser.error (one line naming the option, exit 2) before any work."""
+def positive_ints(parser: argparse.ArgumentParser, option: str, text: str, minimum: int = 1) -> list[int]:
+    """Comma-separated positive integers of one option (e.g. --seq-lens 1024,8192), or whole numbers with
+    minimum=0 (e.g. --segments 0,16, where 0 means off); anything else stops the tool through parser.error (one
+    line naming the option, exit 2) before any work."""
     try:
         values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        parser.error(f"{option} {text!r}: expected comma-separated positive integers")
+    if not values or min(values) < minimum:
+        what = "positive integers" if minimum == 1 else "whole numbers" if minimum == 0 else f"integers >= {minimum}"
+        parser.error(f"{option} {text!r}: expected comma-separated {what}")
     return values
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.checks import graph_ms, rel  # noqa: E402
+from tools.checks import graph_ms, positive_ints, rel  # noqa: E402
 from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, kernels, make_recurrence_inputs,  # noqa: E402
                                               parse_shapes, pick_at_this_shape)
 
@@ -37,19 +37,22 @@ def ours(x: dict[str, torch.Tensor], segment: int = 0):
             ("bwd_dhu", lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale, segment=segment))]
 
 
-def compare(x: dict[str, torch.Tensor], with_fp64: bool, segment: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Output name -> (ours vs FLA's, ours vs float64, FLA's vs float64) relative differences (the float64 pair
-    NaN without with_fp64): h and v_new of the forward, dh and dv2 of the backward."""
+def compare(x: dict[str, torch.Tensor], with_fp64: bool,
+            segments: tuple[int, ...] = (0,)) -> dict[int, dict[str, tuple[float, float, float]]]:
+    """Per segment length of ours (GDN_CHAIN_SEGMENT, 0: one chain): output name -> (ours vs FLA's, ours vs float64,
+    FLA's vs float64) relative differences (the float64 pair NaN without with_fp64): h and v_new of the forward, dh
+    and dv2 of the backward. FLA's outputs and the float64 reference are computed once."""
     from tools.kernels import state_chain as sc
-    mine = [t for _, call in ours(x, segment) for t in call()]
     fla = [t for _, _, call in kernels(x) for t in call()]
     ref = sc.reference(*(x[n].cpu() for n in ("q", "k", "w", "u", "g", "do", "dv")), scale=DK ** -0.5) \
         if with_fp64 else [None] * 4
+    nan = float("nan")
+    fla_vs_ref = [rel(f.double().cpu(), r) if r is not None else nan for f, r in zip(fla, ref)]
     out = {}
-    for name, m, f, r in zip(("h", "v_new", "dh", "dv2"), mine, fla, ref):
-        nan = float("nan")
-        out[name] = (rel(m.float(), f.float()), rel(m.double().cpu(), r) if r is not None else nan,
-                     rel(f.double().cpu(), r) if r is not None else nan)
+    for seg in segments:
+        mine = [t for _, call in ours(x, seg) for t in call()]
+        out[seg] = {name: (rel(m.float(), f.float()), rel(m.double().cpu(), r) if r is not None else nan, e)
+                    for name, m, f, r, e in zip(("h", "v_new", "dh", "dv2"), mine, fla, ref, fla_vs_ref)}
     return out
 
 
@@ -62,12 +65,7 @@ def main() -> int:
     p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
     p.add_argument("--segments", default="0", help="comma-separated chunks per chain segment (0: one chain)")
     a = p.parse_args()
-    try:
-        segments = [int(v) for v in a.segments.split(",")]
-    except ValueError:
-        segments = [-1]
-    if not segments or min(segments) < 0:
-        p.error(f"--segments {a.segments!r}: expected comma-separated whole numbers (chunks per segment, 0: none)")
+    segments = positive_ints(p, "--segments", a.segments, minimum=0)
     shapes = parse_shapes(p, a.shapes)
     ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
     if len(ref_shape) != 1:
@@ -88,8 +86,8 @@ def main() -> int:
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
     B, T = ref_shape[0]
     x = make_recurrence_inputs(B, T, a.seed)
-    for seg in segments:
-        for name, (e_fla, e_ours64, e_fla64) in compare(x, with_fp64=True, segment=seg).items():
+    for seg, errs in compare(x, with_fp64=True, segments=tuple(segments)).items():
+        for name, (e_fla, e_ours64, e_fla64) in errs.items():
             print(f"check {B}x{T} segment {seg} {name}: ours vs fla {e_fla:.2e}, ours vs fp64 {e_ours64:.2e}, "
                   f"fla vs fp64 {e_fla64:.2e}")
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device="cuda")
