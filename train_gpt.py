@@ -90,6 +90,20 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_int_or_auto(name: str, lo: int) -> int | str:
+    """'auto' (the default; also when empty) or a whole number >= lo."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected auto or an integer") from None
+    if value < lo:
+        raise ConfigError(f"{name}={value}: expected auto or an integer >= {lo}")
+    return value
+
+
 class Hyperparameters:
     """Every setting, read from the environment once; defaults as in SPEC.md (per-script ones in SCRIPT_DEFAULTS)."""
 
@@ -123,7 +137,7 @@ class Hyperparameters:
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
-        self.gdn_chain_segment = env_int("GDN_CHAIN_SEGMENT", 0, 0)  # their chains cut every N chunks (0: not)
+        self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)

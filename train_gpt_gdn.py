@@ -96,6 +96,20 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_int_or_auto(name: str, lo: int) -> int | str:
+    """'auto' (the default; also when empty) or a whole number >= lo."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected auto or an integer") from None
+    if value < lo:
+        raise ConfigError(f"{name}={value}: expected auto or an integer >= {lo}")
+    return value
+
+
 class Hyperparameters:
     """Every setting, read from the environment once; defaults as in SPEC.md (per-script ones in SCRIPT_DEFAULTS)."""
 
@@ -129,7 +143,7 @@ class Hyperparameters:
         self.gdn_save_state = env_choice("GDN_SAVE_STATE", "auto", ("auto", "0", "1"))  # FLA path: keep h for bwd
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
-        self.gdn_chain_segment = env_int("GDN_CHAIN_SEGMENT", 0, 0)  # their chains cut every N chunks (0: not)
+        self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1274,16 +1288,26 @@ GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd
 GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
 
 
-def state_chain_choice(setting: str, dk: int, dv: int) -> tuple[str, str]:
-    """GDN_STATE_CHAIN resolved for a run with the state-saving op: auto -> bwd (our backward recurrence, FLA's
-    forward: v24b's steps 0.984x / 0.993x / 1.003x at 32k / 16k / 8k on an H200) where the head dims fit the tiles
-    it was timed with (dk <= 64, dv <= 128, the defaults' 42 / 84 padded), else 0, with the reason; 0 / 1 / bwd as
-    set. Returns (choice, why auto chose FLA's or "")."""
-    if setting != "auto":
-        return setting, ""
-    if dk <= 64 and dv <= 128:
-        return "bwd", ""
-    return "0", f"head dims dk={dk} dv={dv}, beyond the tiles ours was timed at, 64 / 128"
+CHAIN_SEGMENT_AUTO = (32768, 32)  # GDN_CHAIN_SEGMENT=auto: from this sequence length, segments of this many chunks
+
+
+def state_chain_choice(chain: str, segment: int | str, dk: int, dv: int, seq_len: int) -> tuple[str, int, str]:
+    """GDN_STATE_CHAIN and GDN_CHAIN_SEGMENT resolved for a run with the state-saving op. Segments: auto -> 32
+    chunks at sequences of 32k tokens or more (512 dependent chunk steps a chain; v27 on an H200: fwd_h 0.79x and
+    bwd_dhu 0.77x of one chain there, but slower at 8k), else one chain (0); N as set. Chains: auto -> 0 (FLA's)
+    beyond the head dims ours was timed at (dk <= 64, dv <= 128; the defaults' 42 / 84 padded); else 1 (both of
+    ours) where sequences are that long and cut in segments (v27: steps 0.987x of v25 at 32k), else bwd (our
+    backward's, FLA's forward: v25, 0.984x / 0.993x / 1.003x at 32k / 16k / 8k); 0 / 1 / bwd as set.
+    Returns (chain, segment, why auto chose FLA's or "")."""
+    if chain == "0" or (chain == "auto" and (dk > 64 or dv > 128)):
+        why = "" if chain == "0" else f"head dims dk={dk} dv={dv}, beyond the tiles ours was timed at, 64 / 128"
+        return "0", 0, why
+    long_chains = seq_len >= CHAIN_SEGMENT_AUTO[0]
+    if segment == "auto":
+        segment = CHAIN_SEGMENT_AUTO[1] if long_chains else 0
+    if chain == "auto":
+        chain = "1" if long_chains and segment else "bwd"
+    return chain, segment, ""
 
 
 def fla_recurrence_programs(args: Hyperparameters) -> int:
@@ -1625,13 +1649,13 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     GDN_OP, GDN_SAVE_WV = GDN_STATE_OP, args.gdn_save_wv != "0"
                     note += f"; chunk states saved for the backward (GDN_SAVE_STATE={args.gdn_save_state})"
                     note += f"; w and v_new saved too (GDN_SAVE_WV={args.gdn_save_wv})" if GDN_SAVE_WV else ""
-                    GDN_STATE_CHAIN, fla_why = state_chain_choice(args.gdn_state_chain, dk, dv)
+                    GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, fla_why = state_chain_choice(
+                        args.gdn_state_chain, args.gdn_chain_segment, dk, dv, args.train_seq_len)
                     note += {"0": f"; state recurrences: FLA's (GDN_STATE_CHAIN=auto: {fla_why})" if fla_why else "",
                              "1": "; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)",
                              "bwd": "; backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)"
-                             }[GDN_STATE_CHAIN]
-                    if GDN_STATE_CHAIN != "0" and args.gdn_chain_segment:
-                        GDN_CHAIN_SEGMENT = args.gdn_chain_segment
+                             }[GDN_STATE_CHAIN]  # the settings as resolved (auto's choice), read by the bench tools
+                    if GDN_CHAIN_SEGMENT:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
@@ -1660,10 +1684,11 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"or 1 with FLA's kernels), but this run has GDN_IMPL={args.gdn_impl}, "
                           f"GDN_SAVE_STATE={args.gdn_save_state}{', no GDN layers' if not gdn else ''}; "
                           f"use GDN_STATE_CHAIN=0")
-    if args.gdn_chain_segment and not GDN_CHAIN_SEGMENT:
+    if args.gdn_chain_segment not in ("auto", 0) and GDN_STATE_CHAIN == "0":
         raise ConfigError(f"GDN_CHAIN_SEGMENT={args.gdn_chain_segment}: cuts our state recurrences' chains, but this "
                           f"run has none (GDN_STATE_CHAIN={args.gdn_state_chain} resolved to {GDN_STATE_CHAIN}, "
-                          f"GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}); use GDN_CHAIN_SEGMENT=0")
+                          f"GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}); "
+                          f"use GDN_CHAIN_SEGMENT=auto or 0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

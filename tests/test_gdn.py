@@ -416,23 +416,28 @@ def test_gdn_save_wv_selection_on_fla_host(clean_env, state, wv, kept):
     assert gdn.GDN_SAVE_WV is False
 
 
+@pytest.mark.parametrize("seq,batch", [(32768, 524288), (16384, 393216)])
 @pytest.mark.parametrize("chain", ["auto", "0", "1", "bwd"])
-def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
+def test_gdn_state_chain_selection_on_fla_host(clean_env, chain, seq, batch):
     """GDN_STATE_CHAIN=1 runs our state recurrences inside the state-saving op (and leaves FLA's BV=16 tiles
-    alone), bwd only the backward's, 0 FLA's, auto (the default) bwd at the default head dims; the GDN line says
-    which. 1 or bwd without the state op (GDN_SAVE_STATE=0) is refused; auto falls back to 0 there."""
+    alone), bwd only the backward's, 0 FLA's; auto (the default) both of ours at 32k (in segments), the backward's
+    at 16k; GDN_CHAIN_SEGMENT=auto cuts ours in 32-chunk segments at 32k only. The GDN line says which. 1 or bwd
+    without the state op (GDN_SAVE_STATE=0) is refused; auto falls back to 0 there."""
     _, state = fake_fla_host(clean_env, None)
     widened = []
     clean_env.setattr(gdn, "widen_recurrence_tiles", lambda: widened.append(1))
     args = small_args(clean_env, **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)),
-                      TRAIN_SEQ_LEN="32768", TRAIN_BATCH_TOKENS="524288")
-    assert args.gdn_state_chain == chain
+                      TRAIN_SEQ_LEN=str(seq), TRAIN_BATCH_TOKENS=str(batch))
+    assert args.gdn_state_chain == chain and args.gdn_chain_segment == "auto"
     lines = gdn.prepare_mixers(args, torch.device("cuda"))
-    used = "bwd" if chain == "auto" else chain
-    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN == used
-    assert ("our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (used == "1")
+    used = ("1" if seq == 32768 else "bwd") if chain == "auto" else chain
+    segment = 32 if seq == 32768 and used != "0" else 0
+    assert gdn.GDN_OP is state and gdn.GDN_STATE_CHAIN == used and gdn.GDN_CHAIN_SEGMENT == segment
+    assert ("; state recurrences: our chain kernels (GDN_STATE_CHAIN=1)" in lines[2]) == (used == "1")
     assert ("backward state recurrence: our chain kernels (GDN_STATE_CHAIN=bwd)" in lines[2]) == (used == "bwd")
-    assert ("BV=16" in lines[2]) == (used != "1") and len(widened) == (used != "1")  # FLA's forward still runs
+    assert ("in segments of 32 chunks (GDN_CHAIN_SEGMENT)" in lines[2]) == (segment == 32)
+    programs_few = gdn.fla_recurrence_programs(args) < 64  # FLA's BV=16 tiles added where its forward still runs
+    assert ("BV=16" in lines[2]) == (used != "1" and programs_few) and len(widened) == (used != "1" and programs_few)
     no_state = small_args(clean_env, GDN_SAVE_STATE="0", **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)))
     if chain in ("1", "bwd"):
         with pytest.raises(gdn.ConfigError, match=f"GDN_STATE_CHAIN={chain}: needs the state-saving op.*"
@@ -440,33 +445,50 @@ def test_gdn_state_chain_selection_on_fla_host(clean_env, chain):
             gdn.prepare_mixers(no_state, torch.device("cuda"))
     else:
         assert "chain kernels" not in gdn.prepare_mixers(no_state, torch.device("cuda"))[2]
-    assert gdn.GDN_STATE_CHAIN == "0"
+    assert gdn.GDN_STATE_CHAIN == "0" and gdn.GDN_CHAIN_SEGMENT == 0
 
 
-@pytest.mark.parametrize("chain", ["auto", "1", "0"])
+@pytest.mark.parametrize("chain", ["auto", "1", "bwd", "0"])
 def test_gdn_chain_segment_selection_on_fla_host(clean_env, chain):
-    """GDN_CHAIN_SEGMENT=N cuts our state recurrences' chains every N chunks where they run (GDN_STATE_CHAIN auto
-    or 1 with the state op), and the GDN line says so; where none of ours runs it is refused, not ignored."""
+    """GDN_CHAIN_SEGMENT=N cuts our state recurrences' chains every N chunks where they run (GDN_STATE_CHAIN auto,
+    1 or bwd with the state op), at any length, and the GDN line says so; where none of ours runs it is refused,
+    not ignored. 0 keeps one chain at 32k, where auto would cut it."""
     fake_fla_host(clean_env, None)
     args = small_args(clean_env, GDN_CHAIN_SEGMENT="16", **({} if chain == "auto" else dict(GDN_STATE_CHAIN=chain)))
     if chain == "0":
-        with pytest.raises(gdn.ConfigError, match="GDN_CHAIN_SEGMENT=16: .*GDN_STATE_CHAIN=0.*GDN_CHAIN_SEGMENT=0"):
+        with pytest.raises(gdn.ConfigError, match="GDN_CHAIN_SEGMENT=16: .*GDN_STATE_CHAIN=0.*GDN_CHAIN_SEGMENT=auto"):
             gdn.prepare_mixers(args, torch.device("cuda"))
         assert gdn.GDN_CHAIN_SEGMENT == 0
         return
     lines = gdn.prepare_mixers(args, torch.device("cuda"))
     assert gdn.GDN_CHAIN_SEGMENT == 16 and "in segments of 16 chunks (GDN_CHAIN_SEGMENT)" in lines[2]
-    gdn.prepare_mixers(small_args(clean_env, GDN_CHAIN_SEGMENT="0"), torch.device("cuda"))
-    assert gdn.GDN_CHAIN_SEGMENT == 0  # reset by each call
+    assert gdn.GDN_STATE_CHAIN == ("bwd" if chain == "auto" else chain)  # short sequences: auto keeps FLA's forward
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_CHAIN_SEGMENT="0", TRAIN_SEQ_LEN="32768",
+                                          TRAIN_BATCH_TOKENS="524288"), torch.device("cuda"))
+    assert gdn.GDN_CHAIN_SEGMENT == 0 and "in segments" not in lines[2]  # reset by each call; 0 beats auto
+    assert gdn.GDN_STATE_CHAIN == ("bwd" if chain == "auto" else chain)  # one chain: our forward not chosen
+
+
+def test_state_chain_choice_rules():
+    """GDN_STATE_CHAIN / GDN_CHAIN_SEGMENT resolution: auto runs ours only at head dims within the tiles it was
+    timed at (dk <= 64, dv <= 128; wider heads keep FLA's, with the reason); segments (auto) from 32k tokens a
+    sequence; both of ours only where they are cut in segments at that length; explicit settings kept."""
+    choice = gdn.state_chain_choice
+    assert choice("auto", "auto", 42, 84, 8192) == ("bwd", 0, "")
+    assert choice("auto", "auto", 42, 84, 32767) == ("bwd", 0, "")
+    assert choice("auto", "auto", 42, 84, 32768) == ("1", 32, "")
+    assert choice("auto", "auto", 64, 128, 65536) == ("1", 32, "")
+    assert choice("auto", 0, 42, 84, 32768) == ("bwd", 0, "")
+    assert choice("auto", 8, 42, 84, 32768) == ("1", 8, "") and choice("auto", 8, 42, 84, 16384) == ("bwd", 8, "")
+    assert choice("bwd", "auto", 42, 84, 32768) == ("bwd", 32, "") and choice("1", "auto", 42, 84, 8192) == ("1", 0, "")
+    for dk, dv in ((65, 128), (64, 129)):
+        chain, segment, why = choice("auto", "auto", dk, dv, 32768)
+        assert (chain, segment) == ("0", 0) and f"dk={dk} dv={dv}" in why
+    assert choice("bwd", "auto", 128, 256, 32768) == ("bwd", 32, "") and choice("0", "auto", 42, 84, 32768) == ("0", 0, "")
 
 
 def test_gdn_state_chain_auto_keeps_fla_beyond_the_timed_tiles(clean_env):
-    """GDN_STATE_CHAIN=auto runs our backward recurrence only at head dims within the tiles it was timed at (dk <= 64,
-    dv <= 128); wider heads keep FLA's, and the GDN line says why. An explicit bwd is kept at any dims."""
-    assert gdn.state_chain_choice("auto", 42, 84) == ("bwd", "")
-    assert gdn.state_chain_choice("auto", 64, 128) == ("bwd", "")
-    assert gdn.state_chain_choice("auto", 65, 128)[0] == "0" and gdn.state_chain_choice("auto", 64, 129)[0] == "0"
-    assert gdn.state_chain_choice("bwd", 128, 256) == ("bwd", "") and gdn.state_chain_choice("0", 42, 84) == ("0", "")
+    """Wider heads than ours was timed at keep FLA's recurrences under auto, and the GDN line says why."""
     fake_fla_host(clean_env, None)
     args = small_args(clean_env, GDN_HEAD_DIM_RATIO="5.0")  # dk = 5 x 64 / 4 = 80
     _, dk, dv = gdn.gdn_dims(args)
