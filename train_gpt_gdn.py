@@ -1187,8 +1187,8 @@ def register_fla_gdn_state_op() -> str | None:
     pass. Costs h's memory (bf16 B x T/64 x H x dk x dv per layer and micro-batch). With GDN_SAVE_WV it also keeps
     the forward's w and v_new (bf16, B x T x H x (dk + dv)), so that the backward skips FLA's w/u recompute and
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
-    instead of FLA's fwd_h / bwd_dhu; with bwd (auto's pick, v25) only the backward's. Returns None when registered
-    (as GDN_STATE_OP), else why not."""
+    instead of FLA's fwd_h / bwd_dhu; with bwd only the backward's (auto picks one: state_chain_choice), in
+    segments with GDN_CHAIN_SEGMENT. Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1293,7 +1293,7 @@ CHAIN_SEGMENT_AUTO = (32768, 32)  # GDN_CHAIN_SEGMENT=auto: from this sequence l
 
 def state_chain_choice(chain: str, segment: int | str, dk: int, dv: int, seq_len: int) -> tuple[str, int, str]:
     """GDN_STATE_CHAIN and GDN_CHAIN_SEGMENT resolved for a run with the state-saving op. Segments: auto -> 32
-    chunks at sequences of 32k tokens or more (512 dependent chunk steps a chain; v27 on an H200: fwd_h 0.79x and
+    chunks at sequences of 32k tokens or more (512 dependent chunk steps a chain; on an H200: fwd_h 0.79x and
     bwd_dhu 0.77x of one chain there, but slower at 8k), else one chain (0); N as set. Chains: auto -> 0 (FLA's)
     beyond the head dims ours was timed at (dk <= 64, dv <= 128; the defaults' 42 / 84 padded); else 1 (both of
     ours) where sequences are that long and cut in segments (v27: steps 0.987x of v25 at 32k), else bwd (our

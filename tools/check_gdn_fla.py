@@ -196,9 +196,12 @@ def check_layer(B, T, seed):
     outs = {}
     runs = [("fp32", layer_t, gdn.GDN_OP), ("torch", layer_t, gdn.GDN_OP), ("fla", layer_f, gdn.GDN_OP),
             ("fla compiled", torch.compile(layer_f), gdn.GDN_OP)]
-    if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto), and with GDN_STATE_CHAIN=1
+    # our state recurrences in the state op: both as one chain; both in segments (v27's default at 32k); the
+    # backward's in segments
+    chains = ("chain", "chain-seg", "chain-bwd-seg")
+    if gdn.GDN_STATE_OP is not None:  # the training default (GDN_SAVE_STATE=auto), and with our recurrences
         runs += [(f"fla state{c}{comp}", torch.compile(layer_f) if comp else layer_f, gdn.GDN_STATE_OP)
-                 for c in ("", " chain", " chain-bwd-seg") for comp in ("", " compiled")]
+                 for c in ("", *(f" {c}" for c in chains)) for comp in ("", " compiled")]
     for name, layer, op in runs:
         layer_f.zero_grad(set_to_none=True)
         layer_t.zero_grad(set_to_none=True)
@@ -217,7 +220,7 @@ def check_layer(B, T, seed):
     # from it than 1.5x the eager FLA layer's own distance (+2e-3), as in tools/check_compile.py.
     def flat(o):
         return [("out", o[0]), ("dx", o[1])] + [(f"d{n}", o[2][n]) for n in sorted(o[2])]
-    for kind in ("fla", "fla state", "fla state chain", "fla state chain-bwd-seg") if "fla state" in outs else ("fla",):
+    for kind in ("fla", "fla state", *(f"fla state {c}" for c in chains)) if "fla state" in outs else ("fla",):
         for (what, ref), (_, eager), (_, comp) in zip(flat(outs["fp32"]), flat(outs[kind]),
                                                      flat(outs[f"{kind} compiled"])):
             e_eager = rel(eager.float(), ref)
@@ -226,7 +229,7 @@ def check_layer(B, T, seed):
     if "fla state" in outs:  # the state op's eager layer: FLA's op's numbers (bf16 rounding apart at most)
         rows += [("layer fla state vs fla", w, rel(a.float(), b.float()), TOL_SAME)
                  for (w, a), (_, b) in zip(flat(outs["fla state"]), flat(outs["fla"]))]
-        for c in ("chain", "chain-bwd-seg"):  # our state recurrences: both; the backward's in segments
+        for c in chains:
             rows += [(f"layer fla state {c} vs fla state", w, rel(a.float(), b.float()), TOL_CHAIN)
                      for (w, a), (_, b) in zip(flat(outs[f"fla state {c}"]), flat(outs["fla state"]))]
     return rows
