@@ -1179,6 +1179,132 @@ def build_state_kernels() -> dict:
                         "epilogue": epilogue_kernel}}
 
 
+def build_wy_kernel() -> dict:
+    """Our Triton kernel for the backward of FLA's WY representation (its prepare_wy_repr_bwd), with the state op's
+    tail folded in (GDN_WY_BWD=1, v28 candidate). Per chunk of 64 rows, FLA's forward has
+        L = strictly lower part of diag(beta) (k k^T) * 2^(g_i - g_j),   A = (I + L)^-1 (stored, k's dtype)
+        w = A (beta 2^g k),   u = A (beta v)
+    so, given dw and du:
+        dA = dw (beta 2^g k)^T + du (beta v)^T;   dk += beta 2^g (A^T dw);   dv = beta (A^T du)
+        dL = -(A^T dA A^T) on the strictly lower part (A's diagonal and upper part do not depend on L)
+        M = dL * 2^(g_i - g_j):  dk += beta (M k) + M^T (beta k);  dbeta = sums of (A^T dw) 2^g k, (A^T du) v, (M k) k
+        dg += rowsum(A^T dw * beta 2^g k) + rowsum(dL * L) - colsum(dL * L)
+    (dg w.r.t. g in natural-log units, FLA's convention). The kernel then adds dqkwg's dk and dg and sums dg from each
+    row to its chunk's end (the state op's reverse chunk-local cumsum): FLA's kernel, which writes its dk and reads
+    it back, two adds over dk and dg and a cumsum kernel become one pass, dk rounded once. Needs K <= 64 (one
+    tile). Layouts are FLA's (B, T, H, .); bf16 operands with fp32 accumulation as FLA's kernel, or fp32 (IEEE)
+    for fp32 inputs and under Triton's interpreter. Returns {"wy_bwd", "kernels"}."""
+    import triton
+    import triton.language as tl
+
+    # ptxas, sm_90, dk 42 / dv 84: 4 warps take 246-255 registers a thread (no spills), 8 warps 216-221; capped at
+    # 168 / 128 they spill a few hundred bytes for twice the programs resident (the timing picks)
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=2, maxnreg=mr)
+                              for bv in (32, 64) for nw, mr in ((4, None), (8, None), (4, 168), (8, 128))],
+                     key=["H", "K", "V", "BK", "IEEE"])
+    @triton.jit
+    def wy_bwd_kernel(k, v, beta, g, A, dw, du, dk_in, dg_in, dk, dv, db, dg, T, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+        # one program per (chunk, sequence x head). Few (BT x BT) fp32 tiles live at once: FLA's kernel runs at 255
+        # registers a thread; the value part goes first, the A-dependent part frees A before the L part, and tile
+        # offsets are int32 from one int64 row base.
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        c, kk = tl.arange(0, BT), tl.arange(0, BK)
+        mt, mk = i_t * BT + c < T, kk < K
+        row0 = (i_b * T + i_t * BT) * H + i_h  # the chunk's first (b, t, h) row
+        mtk = mt[:, None] & mk[None, :]
+        ok = c[:, None] * (H * K) + kk[None, :]  # a (t, k) tile's offsets from its first row
+        b_beta = tl.load(beta + row0 + c * H, mask=mt, other=0.0).to(tl.float32)
+        b_g = tl.load(g + row0 + c * H, mask=mt, other=0.0).to(tl.float32)
+        b_A = tl.load(A + row0 * BT + c[:, None] * (H * BT) + c[None, :], mask=mt[:, None] & mt[None, :], other=0.0)
+        if IEEE:
+            b_A = b_A.to(tl.float32)
+        dA = tl.zeros([BT, BT], dtype=tl.float32)
+        db_acc = tl.zeros([BT], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):  # u = A (beta v): BV of v's columns at a time
+            vv = i_v * BV + tl.arange(0, BV)
+            mtv = mt[:, None] & (vv < V)[None, :]
+            ov = c[:, None] * (H * V) + vv[None, :]
+            b_v = tl.load(v + row0 * V + ov, mask=mtv, other=0.0)
+            b_du = tl.load(du + row0 * V + ov, mask=mtv, other=0.0)
+            vf = b_v.to(tl.float32)
+            if IEEE:
+                dA += tl.dot(b_du.to(tl.float32), tl.trans(vf * b_beta[:, None]), input_precision="ieee")
+                dvb = tl.dot(tl.trans(b_A), b_du.to(tl.float32), input_precision="ieee")
+            else:
+                dA = tl.dot(b_du, tl.trans((vf * b_beta[:, None]).to(b_du.dtype)), dA)
+                dvb = tl.dot(tl.trans(b_A), b_du.to(b_A.dtype))
+            tl.store(dv + row0 * V + ov, (dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=mtv)
+            db_acc += tl.sum(dvb * vf, 1)
+        # w = A (beta 2^g k)
+        b_k = tl.load(k + row0 * K + ok, mask=mtk, other=0.0)
+        b_dw = tl.load(dw + row0 * K + ok, mask=mtk, other=0.0)
+        b_e = tl.exp2(b_g)
+        kbe = b_k.to(tl.float32) * (b_beta * b_e)[:, None]
+        if IEEE:
+            dA += tl.dot(b_dw.to(tl.float32), tl.trans(kbe), input_precision="ieee")
+            dkbe = tl.dot(tl.trans(b_A), b_dw.to(tl.float32), input_precision="ieee")
+        else:
+            dA = tl.dot(b_dw, tl.trans(kbe.to(b_dw.dtype)), dA)
+            dkbe = tl.dot(tl.trans(b_A), b_dw.to(b_A.dtype))
+        dk_acc = dkbe * (b_beta * b_e)[:, None]
+        db_acc += tl.sum(dkbe * b_k.to(tl.float32), 1) * b_e
+        dg_acc = tl.sum(dkbe * kbe, 1)
+        # through A = (I + L)^-1: dL = -(A^T dA A^T) on the strictly lower part
+        lower = (c[:, None] > c[None, :]) & mt[:, None] & mt[None, :]
+        dA = tl.where(lower, dA, 0.0)
+        if IEEE:
+            dL = tl.dot(tl.trans(b_A), tl.dot(dA, tl.trans(b_A), input_precision="ieee"), input_precision="ieee")
+        else:
+            dL = tl.dot(tl.trans(b_A), tl.dot(dA.to(b_A.dtype), tl.trans(b_A)).to(b_A.dtype))
+        # L = beta_i (k_i . k_j) 2^(g_i - g_j): M = dL 2^(g_i - g_j) (k's dtype, as FLA's kernel rounds it)
+        M = tl.where(lower, -dL * tl.exp2(b_g[:, None] - b_g[None, :]), 0.0)
+        if IEEE:
+            kf = b_k.to(tl.float32)
+            Mk = tl.dot(M, kf, input_precision="ieee")
+            dk_acc += Mk * b_beta[:, None]
+            db_acc += tl.sum(Mk * kf, 1)
+            dk_acc += tl.dot(tl.trans(M), kf * b_beta[:, None], input_precision="ieee")
+            LdL = M * tl.dot(kf, tl.trans(kf), input_precision="ieee") * b_beta[:, None]  # dL * L
+        else:
+            M = M.to(b_k.dtype)
+            Mk = tl.dot(M, b_k)
+            dk_acc += Mk * b_beta[:, None]
+            db_acc += tl.sum(Mk * b_k.to(tl.float32), 1)
+            dk_acc = tl.dot(tl.trans(M), (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype), dk_acc)
+            LdL = M.to(tl.float32) * tl.dot(b_k, tl.trans(b_k)) * b_beta[:, None]
+        dg_acc += tl.sum(LdL, 1) - tl.sum(LdL, 0)
+        dk_acc += tl.load(dk_in + row0 * K + ok, mask=mtk, other=0.0).to(tl.float32)
+        tl.store(dk + row0 * K + ok, dk_acc.to(dk.dtype.element_ty), mask=mtk)
+        tl.store(db + row0 + c * H, db_acc.to(db.dtype.element_ty), mask=mt)
+        dg_acc = tl.where(mt, dg_acc + tl.load(dg_in + row0 + c * H, mask=mt, other=0.0).to(tl.float32), 0.0)
+        dg_rev = tl.sum(tl.where(c[None, :] >= c[:, None], dg_acc[None, :], 0.0), 1)  # row i: rows i.. of its chunk
+        tl.store(dg + row0 + c * H, dg_rev.to(dg.dtype.element_ty), mask=mt)
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def wy_bwd(k: Tensor, v: Tensor, beta: Tensor, g: Tensor, A: Tensor, dw: Tensor, du: Tensor, dk_in: Tensor,
+               dg_in: Tensor, ieee: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(dk, dv, dbeta, dg): dk = dk_in + the WY part, in k's dtype; dv like v; dbeta like beta; dg fp32, the
+        reverse chunk-local cumsum of dg_in + the WY part. g: fp32 (B, T, H) chunk-local cumulative log2 decay; A:
+        (B, T, H, 64) as FLA's forward stores it. ieee: fp32 products (default: for fp32 inputs and under the
+        interpreter); False runs the bf16 path's code on any dtype (the tests, on fp32 under the interpreter)."""
+        k, v, beta, g, A, dw, du, dk_in, dg_in = (t.contiguous() for t in (k, v, beta, g, A, dw, du, dk_in, dg_in))
+        B, T, H, K = k.shape
+        V, BT = v.size(-1), A.size(-1)
+        if K > 64 or BT != 64:
+            raise ValueError(f"wy_bwd: needs K <= 64 and 64-row chunks, got K={K}, chunk {BT}")
+        dk, dv, db = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
+        dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
+        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
+        wy_bwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, g, A, dw, du, dk_in, dg_in, dk, dv, db, dg, T, H=H, K=K,
+                                                   V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        return dk, dv, db, dg
+
+    return {"wy_bwd": wy_bwd, "kernels": {"wy_bwd": wy_bwd_kernel}}
+
+
 def register_fla_gdn_state_op() -> str | None:
     """GDN_SAVE_STATE (auto/1): FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state

@@ -21,17 +21,18 @@ SM90_HELPER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[-1])
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
-    def build_sm90(fn, sig, const, num_warps=4, num_stages=3):
+    def build_sm90(fn, sig, const, num_warps=4, num_stages=3, maxnreg=None):
         # pointers 16-byte aligned, as Triton's launcher specialises them for torch's allocations: without it the
         # build vectorises no load and differs from what runs
         attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
         sig = {**sig, **{k: "constexpr" for k in const}}
         return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages,
+                                       **({"maxnreg": maxnreg} if maxnreg else {})})
 
-    def compile_sm90(fn, sig, const, num_warps=4, num_stages=3):
-        k = build_sm90(fn, sig, const, num_warps, num_stages)
+    def compile_sm90(fn, sig, const, num_warps=4, num_stages=3, maxnreg=None):
+        k = build_sm90(fn, sig, const, num_warps, num_stages, maxnreg)
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(k.asm["ptx"])
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
