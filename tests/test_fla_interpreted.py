@@ -96,7 +96,13 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
     got["state op, our backward recurrence in segments"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     gdn.GDN_STATE_CHAIN = "1"
     got["state op, our recurrences in segments"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
-    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT = False, "0", 0
+    gdn.GDN_WY_BWD = True  # our WY backward with the adds and the reverse cumsum (GDN_WY_BWD), v27's 32k default
+    got["state op, our recurrences in segments, our WY backward"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    got["state op, ..., our WY backward, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
+                                                                         fullgraph=True, backend="aot_eager"))
+    gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT = "0", 0  # and with FLA's recurrences
+    got["state op, our WY backward"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_WY_BWD = False, "0", 0, False
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))
     # v21's BV=16 value tiles in FLA's two state recurrences (widen_recurrence_tiles): run alone, the same numbers
     assert gdn.widen_recurrence_tiles() is None

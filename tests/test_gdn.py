@@ -581,6 +581,12 @@ def our_bwd_dhu(q, k, w, g, do, dv, scale, segment):
     return out
 
 gdn.build_state_kernels = lambda: {"v_new": v_new_ref, "fwd_h": our_fwd_h, "bwd_dhu": our_bwd_dhu}
+def our_wy(k, v, beta, g, A, dw, du, dk_in, dg_in):  # stand-in for our WY backward (GDN_WY_BWD)
+    out = (dk_in + 100, du + 200, beta * 0 + 300, dg_in + 400)
+    calls.append(("our_wy", dict(k=k, v=v, beta=beta, g=g, A=A, dw=dw, du=du, dk_in=dk_in, dg_in=dg_in), out))
+    return out
+
+gdn.build_wy_kernel = lambda: {"wy_bwd": our_wy}
 assert gdn.register_fla_gdn_state_op() is None and gdn.GDN_STATE_OP is not None and gdn.GDN_OP is None
 B, T, H, K, V = 2, 100, 3, 8, 16
 q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
@@ -654,6 +660,22 @@ names = [c[0] for c in calls]
 assert names == ["dv_local", "our_dhu", "dqkwg", "wy_bwd", "cumsum"], names
 assert torch.equal(calls[2][1]["h"], h_fla) and torch.equal(calls[2][1]["dh"], calls[1][2][0])
 assert calls[1][1]["segment"] == 0
+
+gdn.GDN_WY_BWD = True  # GDN_WY_BWD: our WY backward takes dqkwg's dk, dw, dg and dhu's dv; its outputs are the grads
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+calls.clear()
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+A_fwd, g_cum = calls[1][2][2], calls[0][2]
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "dhu", "dqkwg", "our_wy"], names  # FLA's WY backward, adds and cumsum gone
+wy, (dq, dk, dw, dg) = calls[3][1], calls[2][2]
+assert torch.equal(wy["du"], calls[1][2][2]) and torch.equal(wy["dw"], dw) and torch.equal(wy["A"], A_fwd)
+assert wy["dk_in"] is dk and wy["dg_in"] is dg and torch.equal(wy["g"], g_cum)
+for got, want in zip([t.grad for t in leaves], (1.0, 102.0, 202.0, 404.0, 300.0)):  # dq, dk, dv (du 2), dg, db
+    assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+gdn.GDN_WY_BWD = False
 print("ok")
 '''
 
@@ -669,3 +691,26 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("state", ["auto", "0"])
+def test_gdn_wy_bwd_selection_on_fla_host(clean_env, state):
+    """GDN_WY_BWD=1 runs our WY backward inside the state-saving op (v28 candidate) and the GDN line says so; 0, the
+    default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) it is refused,
+    not ignored, and the error names the setting and the way out."""
+    fake_fla_host(clean_env, None)
+    assert small_args(clean_env).gdn_wy_bwd == "0"
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE=state), torch.device("cuda"))
+    assert gdn.GDN_WY_BWD is False and "WY backward" not in lines[2]
+    args = small_args(clean_env, GDN_SAVE_STATE=state, GDN_WY_BWD="1")
+    if state == "0":
+        with pytest.raises(gdn.ConfigError, match="GDN_WY_BWD=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
+                                                  "use GDN_WY_BWD=0"):
+            gdn.prepare_mixers(args, torch.device("cuda"))
+    else:
+        lines = gdn.prepare_mixers(args, torch.device("cuda"))
+        assert gdn.GDN_WY_BWD is True and "; WY backward: our kernel (GDN_WY_BWD=1)" in lines[2]
+        wide = small_args(clean_env, GDN_WY_BWD="1", GDN_HEAD_DIM_RATIO="5.0")  # dk = 80
+        with pytest.raises(gdn.ConfigError, match="GDN_WY_BWD=1: .*key head dim 80"):
+            gdn.prepare_mixers(wide, torch.device("cuda"))
+    assert gdn.GDN_WY_BWD is False  # reset by each call

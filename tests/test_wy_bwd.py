@@ -116,3 +116,10 @@ def test_bench_tool_inputs_and_check():
     r = run_with_triton(BENCH, "0")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
     assert "BV32_w4_s2" in r.stdout, r.stdout[-2000:]
+
+
+def test_gdn_check_names_the_wy_paths():
+    """tools/check_gdn_fla.py's state-op paths ending in -wy run our WY backward on top of the path they extend."""
+    from tools.check_gdn_fla import chain_setting
+    assert chain_setting("state-op-wy") == ("0", 0) and chain_setting("state-op-wv") == ("0", 0)
+    assert chain_setting("state-op-chain-seg-wy") == chain_setting("state-op-chain-seg") == ("1", 3)

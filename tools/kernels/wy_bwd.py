@@ -27,7 +27,8 @@ wy_bwd, kernels = _built["wy_bwd"], _built["kernels"]
 
 
 def chunk_cumsum(x: torch.Tensor, reverse: bool = False, chunk: int = CHUNK) -> torch.Tensor:
-    """Cumulative sum along dim 1 (time) within each chunk of `chunk` rows; reverse: from each row to its chunk's end."""
+    """Cumulative sum along dim 1 (time) within each chunk of `chunk` rows; reverse: from each row to its chunk's
+    end."""
     out = torch.empty_like(x)
     for s in range(0, x.size(1), chunk):
         part = x[:, s:s + chunk]
