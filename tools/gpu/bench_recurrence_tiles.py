@@ -40,6 +40,32 @@ def parse_shapes(parser: argparse.ArgumentParser, text: str, option: str = "--sh
     return shapes
 
 
+def kernel_bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the benches that time a kernel of ours against FLA's at the study's shapes, checking both
+    against float64 on a small shape first (bench_state_chain.py, bench_wy_bwd.py); parse with kernel_bench_args."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
+    p.add_argument("--reference-shape", default="1x2048", help="a small BxT also checked against float64")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
+    return p
+
+
+def kernel_bench_args(p: argparse.ArgumentParser, argv=None):
+    """(args, the timed BxT shapes, the reference BxT) of a kernel_bench_parser, or parser.error before any work."""
+    a = p.parse_args(argv)
+    shapes = parse_shapes(p, a.shapes)
+    ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
+    if len(ref_shape) != 1:
+        p.error(f"--reference-shape {a.reference_shape!r}: expected one BxT pair (it runs in float64 on the CPU)")
+    if a.iters < 1:
+        p.error(f"--iters {a.iters}: expected a positive integer")
+    if a.flush_mib < 1:
+        p.error(f"--flush-mib {a.flush_mib}: expected a positive integer")
+    return a, shapes, ref_shape[0]
+
+
 def make_recurrence_inputs(B: int, T: int, seed: int, device: str = "cuda",
                            dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra

@@ -18,7 +18,6 @@ timed and checked against FLA's. Predictions: PERF_NOTES, v22, v23 and v26 secti
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, positive_ints, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, kernels, make_recurrence_inputs,  # noqa: E402
-                                              parse_shapes, pick_at_this_shape)
+from tools.gpu.bench_recurrence_tiles import (DK, DV, H, autotuner, kernel_bench_args,  # noqa: E402
+                                              kernel_bench_parser, kernels, make_recurrence_inputs,
+                                              pick_at_this_shape)
 
 
 def ours(x: dict[str, torch.Tensor], segment: int = 0):
@@ -57,23 +57,10 @@ def compare(x: dict[str, torch.Tensor], with_fp64: bool,
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
-    p.add_argument("--reference-shape", default="1x2048", help="a small BxT also checked against float64")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
+    p = kernel_bench_parser(__doc__)
     p.add_argument("--segments", default="0", help="comma-separated chunks per chain segment (0: one chain)")
-    a = p.parse_args()
+    a, shapes, (B, T) = kernel_bench_args(p)
     segments = positive_ints(p, "--segments", a.segments, minimum=0)
-    shapes = parse_shapes(p, a.shapes)
-    ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
-    if len(ref_shape) != 1:
-        p.error(f"--reference-shape {a.reference_shape!r}: expected one BxT pair (it runs in float64 on the CPU)")
-    if a.iters < 1:
-        p.error(f"--iters {a.iters}: expected a positive integer")
-    if a.flush_mib < 1:
-        p.error(f"--flush-mib {a.flush_mib}: expected a positive integer")
     if not torch.cuda.is_available():
         print("bench_state_chain: needs a CUDA device", file=sys.stderr)
         return 2
@@ -84,7 +71,6 @@ def main() -> int:
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"iters={a.iters} flush_mib={a.flush_mib}")
     # float64 check of the recurrence itself on a small shape (FLA's semantics, no rounding)
-    B, T = ref_shape[0]
     x = make_recurrence_inputs(B, T, a.seed)
     for seg, errs in compare(x, with_fp64=True, segments=tuple(segments)).items():
         for name, (e_fla, e_ours64, e_fla64) in errs.items():

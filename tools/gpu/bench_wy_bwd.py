@@ -13,7 +13,6 @@ Prediction: PERF_NOTES, v28 candidate section.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import C, DK, DV, H, autotuner, parse_shapes  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, kernel_bench_args,  # noqa: E402
+                                              kernel_bench_parser)
 
 NAMES = ("dk", "dv", "db", "dg")
 
@@ -60,21 +60,7 @@ def picked(tuner, call):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="2x32768,3x16384,6x8192")
-    p.add_argument("--reference-shape", default="1x2048", help="a small BxT also checked against float64")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--flush-mib", type=int, default=256, help="the write before each cold call (> the L2's size)")
-    a = p.parse_args()
-    shapes = parse_shapes(p, a.shapes)
-    ref_shape = parse_shapes(p, a.reference_shape, "--reference-shape")
-    if len(ref_shape) != 1:
-        p.error(f"--reference-shape {a.reference_shape!r}: expected one BxT pair (it runs in float64 on the CPU)")
-    if a.iters < 1:
-        p.error(f"--iters {a.iters}: expected a positive integer")
-    if a.flush_mib < 1:
-        p.error(f"--flush-mib {a.flush_mib}: expected a positive integer")
+    a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__))
     if not torch.cuda.is_available():
         print("bench_wy_bwd: needs a CUDA device", file=sys.stderr)
         return 2
@@ -85,7 +71,6 @@ def main() -> int:
     from tools.kernels import wy_bwd as wy
     print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
           f"iters={a.iters} flush_mib={a.flush_mib}")
-    B, T = ref_shape[0]
     x = make_inputs(B, T, a.seed)
     ref = wy.reference(*(x[n].cpu() for n in ("k", "v", "beta", "g", "dw", "du", "dk_in", "dg_in")))
     for name, o, f, r in zip(NAMES, wy.wy_bwd(**x), wy.fla_path(**x), ref):
