@@ -1198,8 +1198,8 @@ def build_wy_kernel() -> dict:
     import triton
     import triton.language as tl
 
-    # ptxas, sm_90, dk 42 / dv 84: 4 warps take 246-255 registers a thread (no spills), 8 warps 216-221; capped at
-    # 168 / 128 they spill a few hundred bytes for twice the programs resident (the timing picks)
+    # ptxas, sm_90, dk 42 / dv 84: 4 warps take 255 registers a thread (no spills), 8 warps 223-225; capped at
+    # 168 / 128 they spill 216-524 bytes for twice the programs resident (the timing picks)
     @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=2, maxnreg=mr)
                               for bv in (32, 64) for nw, mr in ((4, None), (8, None), (4, 168), (8, 128))],
                      key=["H", "K", "V", "BK", "IEEE"])
@@ -1273,7 +1273,9 @@ def build_wy_kernel() -> dict:
             Mk = tl.dot(M, b_k)
             dk_acc += Mk * b_beta[:, None]
             db_acc += tl.sum(Mk * b_k.to(tl.float32), 1)
-            dk_acc = tl.dot(tl.trans(M), (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype), dk_acc)
+            # M^T (beta k) as ((beta k)^T M)^T: a transposed bf16 copy of a product's result fed to another product
+            # is what Triton 3.4-3.7.0 miscompiles on Hopper (FLA issue 640); the fp32 result transposed is not
+            dk_acc += tl.trans(tl.dot(tl.trans((b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)), M))
             LdL = M.to(tl.float32) * tl.dot(b_k, tl.trans(b_k)) * b_beta[:, None]
         dg_acc += tl.sum(LdL, 1) - tl.sum(LdL, 0)
         dk_acc += tl.load(dk_in + row0 * K + ok, mask=mtk, other=0.0).to(tl.float32)

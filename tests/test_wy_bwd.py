@@ -65,23 +65,32 @@ def test_reference_forward_by_hand():
 
 
 SM90 = SM90_HELPER + textwrap.dedent("""
+    import re
     from tools.kernels import wy_bwd as wy
     kern = wy.kernels["wy_bwd"]
     sig = {**{n: "*bf16" for n in "k v beta A dw du dk_in dk dv db".split()}, "g": "*fp32", "dg_in": "*fp32",
            "dg": "*fp32", "T": "i32"}
     for cfg in kern.configs:  # every config the autotuner may pick
-        used = compile_sm90(kern.fn, sig, dict(H=8, K=42, V=84, BT=64, BK=64, IEEE=False, **cfg.kwargs),
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
+        const = dict(H=8, K=42, V=84, BT=64, BK=64, IEEE=False, **cfg.kwargs)
+        used = compile_sm90(kern.fn, sig, const, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                            maxnreg=cfg.maxnreg)
         print("sm90 wy_bwd", cfg, used)
         regs = int(used.split("Used ")[1].split()[0])
         assert regs <= (cfg.maxnreg or 255), used  # the cap took
+        # FLA issue 640's pattern, which Triton 3.4-3.7.0 miscompiles on Hopper: a 16-bit copy of a product's
+        # result (MMA layout) transposed (to feed another product)
+        ir = build_sm90(kern.fn, sig, const, cfg.num_warps, cfg.num_stages, cfg.maxnreg).asm["ttgir"]
+        trans = [ln.split(":", 1)[1] for ln in ir.splitlines() if "= tt.trans " in ln]
+        assert trans and not [t for t in trans if re.search(r"tensor<[0-9x]+x(bf16|f16), #mma", t)], trans
     print("ok")
 """)
 
 
 def test_kernel_compiles_for_hopper():
     """What only the GPU compiler refuses (a dot's shapes or operand types, a layout's lowering): the kernel at the
-    study's head dims in every autotune config, compiled for sm_90 and assembled by ptxas on this machine (no GPU)."""
+    study's head dims in every autotune config, compiled for sm_90 and assembled by ptxas on this machine (no GPU),
+    within each config's register cap; and none of its transposes takes a 16-bit tensor in a product's result
+    layout, the pattern of FLA issue 640 (Triton 3.4-3.7.0 on Hopper computes such a product wrong)."""
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
     assert r.stdout.count("sm90 wy_bwd") == 8
@@ -101,6 +110,14 @@ BENCH = INTERP_PATCHES + textwrap.dedent("""
         print(name, rel(o.double(), r), rel(f.double(), r))
         assert rel(o.double(), r) < 1e-5 and rel(f.double(), r) < 1e-5, name
     print(pick)
+    tuner = wy.kernels["wy_bwd"]
+    configs = tuner.configs
+    tuner.configs = configs[:2]  # the interpreter runs a config in minutes: two of them show the loop
+    per_config = bench.each_config(tuner, lambda: wy.wy_bwd(**x))
+    assert [n for n, _ in per_config] == [bench.pick_name(tuner, c) for c in configs[:2]]
+    assert tuner.configs == configs[:2]  # restored
+    assert all(rel(o, f) < 1e-5 for _, outs in per_config for o, f in zip(outs, fla))
+    tuner.configs = configs
     dk0 = x["dk_in"].clone()
     wy.fla_path(**x, inplace=True)  # the timed form adds into dk_in, as the state op does
     assert rel(x["dk_in"], fla[0]) < 1e-6 and rel(dk0, fla[0]) > 1e-3

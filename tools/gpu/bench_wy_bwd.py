@@ -4,8 +4,9 @@ as the state op runs it (FLA's kernel, two in-place adds, FLA's cumsum), on the 
 dk 42, dv 84; A, k, v, beta, g from FLA's own intra-chunk forward on fresh random inputs; dw, du, dk, dg random
 bf16 / fp32 as dqkwg returns them): each output's relative difference from FLA's path, and ms per call (one CUDA
 graph of --iters calls) with the ratio ours / FLA's, warm and cold (each call after a write of --flush-mib MiB,
-whose own time is subtracted), each kernel's autotune pick made at that shape (printed); first, on the small
---reference-shape, both against the float64 reference (autograd through the forward, on the CPU).
+whose own time is subtracted), each kernel's autotune pick made at that shape (printed), and each of our
+kernel's configs checked against FLA's path (`wy_bwd_config` lines); first, on the small --reference-shape, both
+against the float64 reference (autograd through the forward, on the CPU).
 
     python3 tools/gpu/bench_wy_bwd.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--reference-shape 1x2048]
 
@@ -46,8 +47,8 @@ def make_inputs(B: int, T: int, seed: int, device: str = "cuda",
                 dk_in=rnd(B, T, H, DK).to(dtype), dg_in=rnd(B, T, H))
 
 
-def pick_name(tuner) -> str:
-    c = tuner.best_config
+def pick_name(tuner, c=None) -> str:
+    c = c or tuner.best_config
     return "_".join([f"{k}{v}" for k, v in c.kwargs.items()] + [f"w{c.num_warps}", f"s{c.num_stages}"]
                     + ([f"r{c.maxnreg}"] if getattr(c, "maxnreg", None) else []))
 
@@ -57,6 +58,23 @@ def picked(tuner, call):
     tuner.cache.clear()
     out = call()
     return out, pick_name(tuner)
+
+
+def each_config(tuner, call):
+    """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
+    (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
+    autotuner does not pick it at the shapes timed, though a run at another shape might."""
+    kept = tuner.configs
+    try:
+        out = []
+        for cfg in kept:
+            tuner.configs = [cfg]
+            tuner.cache.clear()
+            out.append((pick_name(tuner, cfg), call()))
+        return out
+    finally:
+        tuner.configs = kept
+        tuner.cache.clear()
 
 
 def main() -> int:
@@ -85,6 +103,10 @@ def main() -> int:
         f_out, fla_pick = picked(fla_tuner, lambda: wy.fla_path(**x))
         o_out, our_pick = picked(our_tuner, lambda: wy.wy_bwd(**x))
         errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
+        for name, outs in each_config(our_tuner, lambda: wy.wy_bwd(**x)):
+            e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
+            print(f"wy_bwd_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
+                  f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
         fla_call = lambda: wy.fla_path(**x, inplace=True)  # noqa: E731  (as the state op: adds in place)
         our_call = lambda: wy.wy_bwd(**x)  # noqa: E731
         f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
