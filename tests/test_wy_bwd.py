@@ -140,3 +140,43 @@ def test_gdn_check_names_the_wy_paths():
     from tools.check_gdn_fla import chain_setting
     assert chain_setting("state-op-wy") == ("0", 0) and chain_setting("state-op-wv") == ("0", 0)
     assert chain_setting("state-op-chain-seg-wy") == chain_setting("state-op-chain-seg") == ("1", 3)
+
+
+BENCH_MAIN = INTERP_PATCHES + textwrap.dedent("""
+    import time
+    sys.path.insert(0, sys.argv[-1])
+    from tools.gpu import bench_wy_bwd as bench
+
+    def first_config_kept(self, *a, **kw):  # the first config, without dropping the others for later calls
+        kept, self.configs = self.configs, self.configs[:1]
+        try:
+            return run(self, *a, **kw)
+        finally:
+            self.configs = kept
+    autotuner.Autotuner.run = first_config_kept
+
+    def timer(fn, iters):  # wall ms of one call (the interpreter has no CUDA graphs)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    rc = bench.main(["--shapes", "1x128", "--reference-shape", "1x64", "--iters", "1", "--flush-mib", "1"],
+                    device="cpu", dtype=torch.float32, timer=timer)
+    print("rc", rc)
+""")
+
+
+def test_bench_tool_runs_end_to_end():
+    """tools/gpu/bench_wy_bwd.py's main() on the CPU (interpreter, fp32, a wall-clock timer in place of CUDA graphs):
+    it checks on the reference shape, checks every config of ours against FLA's path and prints the machine-readable
+    lines, with ours agreeing with FLA's at every config."""
+    require_fla()
+    r = run_with_triton(BENCH_MAIN, "0")
+    assert r.returncode == 0 and "rc 0" in r.stdout, r.stdout[-3000:] + r.stderr[-4000:]
+    lines = r.stdout.splitlines()
+    checks = [ln for ln in lines if ln.startswith("check 1x64 ")]
+    configs = [ln for ln in lines if ln.startswith("wy_bwd_config shape:1x128 ")]
+    result = [ln for ln in lines if ln.startswith("wy_bwd shape:1x128 ")]
+    assert len(checks) == 4 and len(configs) == 8 and len(result) == 1, r.stdout[-3000:]
+    assert all(float(ln.split("max_rel_diff:")[1].split()[0]) < 1e-5 for ln in configs + result), r.stdout[-3000:]
+    assert "fla_kernel_ms:" in result[0] and "ours_pick:BV" in result[0]

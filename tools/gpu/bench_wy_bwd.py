@@ -77,29 +77,31 @@ def each_config(tuner, call):
         tuner.cache.clear()
 
 
-def main() -> int:
-    a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__))
-    if not torch.cuda.is_available():
+def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, timer=graph_ms) -> int:
+    """The bench (device, dtype and timer other than the defaults only for its CPU test)."""
+    a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__), argv)
+    if device == "cuda" and not torch.cuda.is_available():
         print("bench_wy_bwd: needs a CUDA device", file=sys.stderr)
         return 2
     fla_tuned_per_process()
     import triton
-    from fla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd_kernel
+    from fla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, prepare_wy_repr_bwd_kernel
 
     from tools.kernels import wy_bwd as wy
-    print(f"card:{torch.cuda.get_device_name()} torch:{torch.__version__} triton:{triton.__version__} "
+    card = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"card:{card} torch:{torch.__version__} triton:{triton.__version__} "
           f"iters={a.iters} flush_mib={a.flush_mib}")
-    x = make_inputs(B, T, a.seed)
+    x = make_inputs(B, T, a.seed, device, dtype)
     ref = wy.reference(*(x[n].cpu() for n in ("k", "v", "beta", "g", "dw", "du", "dk_in", "dg_in")))
     for name, o, f, r in zip(NAMES, wy.wy_bwd(**x), wy.fla_path(**x), ref):
         print(f"check {B}x{T} {name}: ours vs fla {rel(o.float(), f.float()):.2e}, ours vs fp64 "
               f"{rel(o.double().cpu(), r):.2e}, fla vs fp64 {rel(f.double().cpu(), r):.2e}")
-    flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device="cuda")
-    flush_ms = graph_ms(flush.zero_, iters=a.iters)
+    flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
+    flush_ms = timer(flush.zero_, iters=a.iters)
     fla_tuner, our_tuner = autotuner(prepare_wy_repr_bwd_kernel), wy.kernels["wy_bwd"]
     rows = []
     for B, T in shapes:
-        x = make_inputs(B, T, a.seed)
+        x = make_inputs(B, T, a.seed, device, dtype)
         f_out, fla_pick = picked(fla_tuner, lambda: wy.fla_path(**x))
         o_out, our_pick = picked(our_tuner, lambda: wy.wy_bwd(**x))
         errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
@@ -109,16 +111,21 @@ def main() -> int:
                   f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
         fla_call = lambda: wy.fla_path(**x, inplace=True)  # noqa: E731  (as the state op: adds in place)
         our_call = lambda: wy.wy_bwd(**x)  # noqa: E731
-        f_ms, o_ms = graph_ms(fla_call, iters=a.iters), graph_ms(our_call, iters=a.iters)
-        f_cold = graph_ms(lambda: (flush.zero_(), fla_call()), iters=a.iters) - flush_ms
-        o_cold = graph_ms(lambda: (flush.zero_(), our_call()), iters=a.iters) - flush_ms
-        rows.append((B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
-        print(f"{B}x{T}: fla path {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla {f_cold:.3f}, "
+        f_ms, o_ms = timer(fla_call, iters=a.iters), timer(our_call, iters=a.iters)
+        # FLA's kernel alone: what the tail (two adds, the cumsum) costs beside it, and what the bodies compare at
+        k_ms = timer(lambda: prepare_wy_repr_bwd(**{n: x[n] for n in ("k", "v", "beta", "g", "A", "dw", "du")}),
+                        iters=a.iters)
+        f_cold = timer(lambda: (flush.zero_(), fla_call()), iters=a.iters) - flush_ms
+        o_cold = timer(lambda: (flush.zero_(), our_call()), iters=a.iters) - flush_ms
+        rows.append((B, T, f_ms, k_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
+        print(f"{B}x{T}: fla path {f_ms:.3f} ms (its WY kernel {k_ms:.3f}), ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); "
+              f"cold L2: fla {f_cold:.3f}, "
               f"ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
               f"{' '.join(f'{n} {e:.1e}' for n, e in zip(NAMES, errs))}; picks: fla {fla_pick}, ours {our_pick}",
               flush=True)
-    for B, T, f_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick in rows:
-        print(f"wy_bwd shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} ratio:{o_ms / f_ms:.4f} "
+    for B, T, f_ms, k_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick in rows:
+        print(f"wy_bwd shape:{B}x{T} fla_ms:{f_ms:.4f} fla_kernel_ms:{k_ms:.4f} ours_ms:{o_ms:.4f} "
+              f"ratio:{o_ms / f_ms:.4f} "
               f"fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} cold_ratio:{o_cold / f_cold:.4f} "
               f"max_rel_diff:{max(errs):.3e} fla_pick:{fla_pick} ours_pick:{our_pick}")
     return 0
