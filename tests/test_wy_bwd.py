@@ -32,6 +32,11 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
                 print(B, T, H, K, V, decay, ieee, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e} "
                       f"(fla vs fp64 {e_fla_ref:.1e})")
                 assert e_ref < 1e-5 and e_fla < 1e-5, (name, ieee, e_ref, e_fla)
+    try:  # beyond one key tile: refused by name, before any launch
+        wy.wy_bwd(**wy.inputs(1, 64, 1, 80, 16))
+        raise SystemExit("K=80 accepted")
+    except ValueError as e:
+        assert "needs K <= 64" in str(e) and "K=80" in str(e), e
     print("ok")
 """)
 
@@ -104,7 +109,7 @@ BENCH = INTERP_PATCHES + textwrap.dedent("""
     x = bench.make_inputs(1, 130, 0, device="cpu", dtype=torch.float32)  # the interpreter: fp32 products
     assert all(torch.isfinite(t).all() for t in x.values()) and x["A"].shape == (1, 130, 8, 64)
     ref = wy.reference(*(x[n] for n in ("k", "v", "beta", "g", "dw", "du", "dk_in", "dg_in")))
-    ours, pick = bench.picked(wy.kernels["wy_bwd"], lambda: wy.wy_bwd(**x))
+    ours, pick = bench.pick_at_this_shape(wy.kernels["wy_bwd"], lambda: wy.wy_bwd(**x))
     fla = wy.fla_path(**x)
     for name, o, f, r in zip(bench.NAMES, ours, fla, ref):
         print(name, rel(o.double(), r), rel(f.double(), r))
@@ -114,7 +119,7 @@ BENCH = INTERP_PATCHES + textwrap.dedent("""
     configs = tuner.configs
     tuner.configs = configs[:2]  # the interpreter runs a config in minutes: two of them show the loop
     per_config = bench.each_config(tuner, lambda: wy.wy_bwd(**x))
-    assert [n for n, _ in per_config] == [bench.pick_name(tuner, c) for c in configs[:2]]
+    assert [n for n, _ in per_config] == [bench.config_name(c) for c in configs[:2]]
     assert tuner.configs == configs[:2]  # restored
     assert all(rel(o, f) < 1e-5 for _, outs in per_config for o, f in zip(outs, fla))
     tuner.configs = configs

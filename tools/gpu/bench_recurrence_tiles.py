@@ -111,7 +111,9 @@ def autotuner(kern):
 
 
 def config_name(cfg) -> str:
-    return f"BV{cfg.kwargs['BV']}_w{cfg.num_warps}_s{cfg.num_stages}"
+    """A triton.Config as e.g. BV16_w2_s3: its kwargs, warps, stages, and rN where it caps registers."""
+    return "_".join([f"{k}{v}" for k, v in cfg.kwargs.items()] + [f"w{cfg.num_warps}", f"s{cfg.num_stages}"]
+                    + ([f"r{cfg.maxnreg}"] if getattr(cfg, "maxnreg", None) else []))
 
 
 def pick_at_this_shape(tuner, call):

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, kernel_bench_args,  # noqa: E402
-                                              kernel_bench_parser)
+from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, config_name, kernel_bench_args,  # noqa: E402
+                                              kernel_bench_parser, pick_at_this_shape)
 
 NAMES = ("dk", "dv", "db", "dg")
 
@@ -47,19 +47,6 @@ def make_inputs(B: int, T: int, seed: int, device: str = "cuda",
                 dk_in=rnd(B, T, H, DK).to(dtype), dg_in=rnd(B, T, H))
 
 
-def pick_name(tuner, c=None) -> str:
-    c = c or tuner.best_config
-    return "_".join([f"{k}{v}" for k, v in c.kwargs.items()] + [f"w{c.num_warps}", f"s{c.num_stages}"]
-                    + ([f"r{c.maxnreg}"] if getattr(c, "maxnreg", None) else []))
-
-
-def picked(tuner, call):
-    """call()'s outputs with tuner's pick made anew at these inputs (the keys hold no length), and its name."""
-    tuner.cache.clear()
-    out = call()
-    return out, pick_name(tuner)
-
-
 def each_config(tuner, call):
     """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
     (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
@@ -70,7 +57,7 @@ def each_config(tuner, call):
         for cfg in kept:
             tuner.configs = [cfg]
             tuner.cache.clear()
-            out.append((pick_name(tuner, cfg), call()))
+            out.append((config_name(cfg), call()))
         return out
     finally:
         tuner.configs = kept
@@ -102,8 +89,8 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     rows = []
     for B, T in shapes:
         x = make_inputs(B, T, a.seed, device, dtype)
-        f_out, fla_pick = picked(fla_tuner, lambda: wy.fla_path(**x))
-        o_out, our_pick = picked(our_tuner, lambda: wy.wy_bwd(**x))
+        f_out, fla_pick = pick_at_this_shape(fla_tuner, lambda: wy.fla_path(**x))
+        o_out, our_pick = pick_at_this_shape(our_tuner, lambda: wy.wy_bwd(**x))
         errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
         for name, outs in each_config(our_tuner, lambda: wy.wy_bwd(**x)):
             e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
