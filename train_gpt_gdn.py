@@ -1935,6 +1935,35 @@ def environment_report() -> str:
     return "\n".join(lines)
 
 
+def config_name(cfg) -> str:
+    """A triton.Config as e.g. BV32_w4_s2: its kwargs, warps, stages, and rN where it caps registers."""
+    return "_".join([f"{k}{v}" for k, v in cfg.kwargs.items()] + [f"w{cfg.num_warps}", f"s{cfg.num_stages}"]
+                    + ([f"r{cfg.maxnreg}"] if getattr(cfg, "maxnreg", None) else []))
+
+
+def autotune_picks() -> str:
+    """Every Triton autotuner that has run in this process (FLA's kernels and ours) and its pick, as
+    module.kernel=config (a/b where shapes got different picks), sorted. Each run tunes at its first step on a noisy
+    clock, so two runs of the same code can pick differently and differ in step time by more than a kernel change
+    (twenty-eighth session: 642 and 655 ms at 32k for one code); this line tells the two causes apart in an A/B."""
+    if "triton" not in sys.modules:
+        return "none (Triton not imported)"
+    import gc
+    import warnings
+    from triton.runtime.autotuner import Autotuner
+    picks = set()
+    with warnings.catch_warnings():  # isinstance on some of torch's deprecated objects warns
+        warnings.simplefilter("ignore")
+        tuners = [o for o in gc.get_objects() if isinstance(o, Autotuner)]
+    for tuner in tuners:  # cache: key -> pick, for lists of several configs; best_config: set by every launch
+        chosen = list(tuner.cache.values()) or [c for c in [getattr(tuner, "best_config", None)] if c is not None]
+        if chosen:
+            fn = tuner.base_fn
+            names = "/".join(sorted({config_name(c) for c in chosen}))
+            picks.add(f"{fn.__module__.removeprefix('fla.ops.')}.{fn.__name__}={names}")
+    return " ".join(sorted(picks)) or "none"
+
+
 def fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -2208,6 +2237,8 @@ def main() -> None:
     if use_cuda:
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved(device) // 2**20} MiB")
+        if args.gdn_impl == "fla":  # after the timed steps: this walks every object in the process
+            log(f"autotune_picks: {autotune_picks()}")
 
     # Export: raw state dict, then int8 + zlib; read the artifact back and score the round-tripped model.
     out_dir = Path(args.output_dir)

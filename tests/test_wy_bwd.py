@@ -37,6 +37,13 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
         raise SystemExit("K=80 accepted")
     except ValueError as e:
         assert "needs K <= 64" in str(e) and "K=80" in str(e), e
+    # the training log's autotune_picks line: both kernels that ran, each with a pick from its own config list
+    picks = dict(p.split("=", 1) for p in wy.script.autotune_picks().split())
+    ours = [wy.script.config_name(c) for c in wy.kernels["wy_bwd"].configs]
+    print("picks:", picks)
+    assert set(picks[wy.script.__name__ + ".wy_bwd_kernel"].split("/")) <= set(ours), (picks, ours)
+    fla_kernel = picks["gated_delta_rule.wy_fast.prepare_wy_repr_bwd_kernel"]
+    assert fla_kernel and fla_kernel not in ours, picks  # FLA's configs have no BV of ours
     print("ok")
 """)
 

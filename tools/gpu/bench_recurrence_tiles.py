@@ -23,8 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, positive_ints, rel  # noqa: E402
+from tools.gpu.cuda_model import load_script_file  # noqa: E402
 
 fla_tuned_per_process()
+# a triton.Config's name, as the training run's autotune_picks line writes it
+REPO = Path(__file__).resolve().parents[2]
+config_name = load_script_file(REPO / "train_gpt_gdn.py", "train_gpt_gdn_tiles").config_name
 
 H, DK, DV, C = 8, 42, 84, 64  # the hybrid's GDN heads, key / value head dims (SPEC.md), FLA's chunk
 
@@ -108,12 +112,6 @@ def autotuner(kern):
     while not hasattr(kern, "configs"):
         kern = kern.fn
     return kern
-
-
-def config_name(cfg) -> str:
-    """A triton.Config as e.g. BV16_w2_s3: its kwargs, warps, stages, and rN where it caps registers."""
-    return "_".join([f"{k}{v}" for k, v in cfg.kwargs.items()] + [f"w{cfg.num_warps}", f"s{cfg.num_stages}"]
-                    + ([f"r{cfg.maxnreg}"] if getattr(cfg, "maxnreg", None) else []))
 
 
 def pick_at_this_shape(tuner, call):
