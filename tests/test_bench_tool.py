@@ -61,6 +61,7 @@ def test_tiny_cpu_run_writes_probe_lines(tmp_path):
     share = float(text.split(" cpu_fraction:")[1].split()[0])  # tools/step_timing.py's, over the measured steps
     assert 0 < share <= 1.0
     assert float(text.split(" first_step_s:")[1].split()[0]) > 0  # the warm-up step: compilation and tuning
+    assert " picks:- " in text  # no autotune_picks line: a baseline run (GDN runs on FLA's path log one)
 
 
 def test_script_dir_without_the_scripts_fails(tmp_path):

@@ -4,8 +4,9 @@ same code path as training) for a few steps after its own warm-up, on generated 
 peak memory, the attention and GDN implementations used, whether CUDA graphs and STEP_OVERLAP ran, and the share
 of the step the CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1
 means the step waits on its launches; with STEP_OVERLAP on, the default on one GPU, it reads ~1 whatever binds the
-step), and the first step's seconds (first_step_s: compilation, kernel JIT and autotuning, outside the training
-timer). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
+step), the first step's seconds (first_step_s: compilation, kernel JIT and autotuning, outside the training
+timer), and a digest of the run's Triton autotune picks (picks:, from its autotune_picks line; tools/compare_picks.py
+lists the kernels behind two digests that differ). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
 under --out-dir.
 
     python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
@@ -30,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools.checks import positive_ints  # noqa: E402
+from tools.compare_picks import last_picks, picks_digest  # noqa: E402
 from tools.log_parser import parse_file  # noqa: E402
 
 SCRIPTS = {"baseline": "train_gpt.py", "hybrid": "train_gpt_gdn.py"}
@@ -145,13 +147,15 @@ def run_one(model: str, seq_len: int, a: argparse.Namespace, work: Path) -> dict
     cpu_fraction = line_field(proc.stdout.splitlines(), "step_timing ", "cpu_fraction")
     first_ms = line_field(proc.stdout.splitlines(), "step_timing ", "first_step_ms")  # compile, JIT, autotune
     first_s = f"{float(first_ms) / 1000:.1f}" if first_ms != "-" else "-"
+    picks = last_picks(text)  # runs of one code can pick differently: the digest tells them apart
     tokens = batch_tokens_for(seq_len)
     tok_s = tokens / (ms / 1000.0)
     return dict(model=model, seq_len=seq_len, batch_tokens=tokens, ms=ms, tok_s=tok_s,
                 mfu=tok_s * model_flops_per_token(model, seq_len) / (a.peak_tflops * 1e12),
                 peak=run.peak_alloc_mib or 0, card=(run.card or "unknown").replace(" ", "_"),
                 torch=run.torch or "unknown", attn=attn, gdn=gdn, graphs=graphs, overlap=overlap,
-                cpu_fraction=cpu_fraction, first_step_s=first_s, label=a.label)
+                cpu_fraction=cpu_fraction, first_step_s=first_s, picks=picks_digest(picks) if picks else "-",
+                label=a.label)
 
 
 def probe_line(r: dict) -> str:
@@ -160,6 +164,7 @@ def probe_line(r: dict) -> str:
             f"peak_mem_mib:{r['peak']} card:{r['card']} torch:{r['torch']} attn:{r['attn']} gdn:{r['gdn']}"
             f" cuda_graphs:{r.get('graphs', '-')} step_overlap:{r.get('overlap', '-')}"
             f" cpu_fraction:{r.get('cpu_fraction', '-')} first_step_s:{r.get('first_step_s', '-')}"
+            f" picks:{r.get('picks', '-')}"
             + (f" version:{r['label']}" if r.get("label") else ""))
 
 

@@ -60,7 +60,7 @@ run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the fi
   grep -E "^probe" "$res" | tee -a "$OUT/probes.txt"
   grep -q "^probe" "$res" || echo "$item: no probe ($(tail -1 "$res"))"
   for f in "$BENCH_WORKDIR"/logs/*.txt; do  # the study's lines of each run (the full logs hold the source too)
-    [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|attention:|gdn_impl|model:|device:)" "$f" > "$OUT/logs/$(basename "$f")"
+    [ -f "$f" ] && grep -E "^(step|warmup|peak|sdp_|attention:|gdn_impl|model:|device:|autotune_picks)" "$f" > "$OUT/logs/$(basename "$f")"
   done
 }
 items=("$@")
@@ -69,4 +69,8 @@ for ((rep = 1; rep <= REPEAT; rep++)); do  # even rounds in reverse order: a dri
   if ((rep % 2 == 0)); then order=(); for ((i = ${#items[@]} - 1; i >= 0; i--)); do order+=("${items[i]}"); done; fi
   for item in "${order[@]}"; do run_item "$item" "$rep"; done
 done
+# runs of one code can pick different autotune configs: which kernels differed, where the runs logged picks
+if grep -ql "^autotune_picks" "$OUT"/logs/*.txt 2>/dev/null; then
+  python3 tools/compare_picks.py $(grep -l "^autotune_picks" "$OUT"/logs/*.txt) | tee "$OUT/picks.txt"
+fi
 touch "$OUT/DONE"
