@@ -1308,6 +1308,112 @@ def build_wy_kernel() -> dict:
     return {"wy_bwd": wy_bwd, "kernels": {"wy_bwd": wy_bwd_kernel}}
 
 
+def build_dqkwg_kernel() -> dict:
+    """Our Triton kernel for FLA's chunk_bwd_dqkwg (GDN_DQKWG=1, v29 candidate): the gradients of q, k, w and g
+    through one chunk's output o = scale (2^g q) h + scale (causal (q k^T) 2^(g_i - g_j)) v_new and the state
+    passed on, h' = 2^g_last h + (2^(g_last - g) k)^T v_new - w^T ... (w's part reaches dw as -dv h^T):
+        ds = causal(do v_new^T) 2^(g_i - g_j) scale;   dq = scale 2^g (do h^T) + ds k
+        dk = 2^(g_last - g) (v_new dh^T) + ds^T q;     dw = -(dv h^T)
+        dg = rowsum(dq q) - rowsum(dk k), the chunk's last row also + 2^g_last sum(h dh) + sum(2^(g_last-g)(v_new dh^T) k)
+    (natural-log units, before the reverse chunk cumsum, as FLA's kernel returns them). On Hopper with Triton 3.4 up
+    to 3.7.0 FLA's own Triton kernel is refused (FLA issue 640: ds^T q takes a transposed bf16 copy of a product's
+    result) and FLA runs a TileLang kernel instead (4.6x its memory floor at 32k, PERF_NOTES v21); ours forms that
+    term as (q^T ds)^T. One program per (64-row chunk, sequence x head), value columns BV at a time; needs K <= 64.
+    bf16 operands with fp32 accumulation, or fp32 (IEEE) for fp32 inputs and under the interpreter. Returns
+    {"dqkwg", "kernels"}."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=ns)
+                              for bv in (32, 64, 128) for nw in (4, 8) for ns in (1, 2)],
+                     key=["H", "K", "V", "BK", "IEEE"])
+    @triton.jit
+    def dqkwg_kernel(q, k, v, g, h, do, dh, dv, dq, dk, dw, dg, scale, T, H: tl.constexpr, K: tl.constexpr,
+                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        c, kk = tl.arange(0, BT), tl.arange(0, BK)
+        mt, mk = i_t * BT + c < T, kk < K
+        row0 = (i_b * T + i_t * BT) * H + i_h  # the chunk's first (b, t, h) row
+        mtk = mt[:, None] & mk[None, :]
+        ok = c[:, None] * (H * K) + kk[None, :]
+        h0 = ((i_b * tl.cdiv(T, BT) + i_t) * H + i_h) * (K * V)  # this chunk's state, (K, V) row-major
+        ds = tl.zeros([BT, BT], dtype=tl.float32)
+        dq_acc = tl.zeros([BT, BK], dtype=tl.float32)
+        dk_acc = tl.zeros([BT, BK], dtype=tl.float32)
+        dw_acc = tl.zeros([BT, BK], dtype=tl.float32)
+        hdh = tl.zeros([BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            vv = i_v * BV + tl.arange(0, BV)
+            mtv, mkv = mt[:, None] & (vv < V)[None, :], mk[:, None] & (vv < V)[None, :]
+            ov, oh = c[:, None] * (H * V) + vv[None, :], kk[:, None] * V + vv[None, :]
+            b_v = tl.load(v + row0 * V + ov, mask=mtv, other=0.0)
+            b_do = tl.load(do + row0 * V + ov, mask=mtv, other=0.0)
+            b_dv = tl.load(dv + row0 * V + ov, mask=mtv, other=0.0)
+            b_h = tl.load(h + h0 + oh, mask=mkv, other=0.0)
+            b_dh = tl.load(dh + h0 + oh, mask=mkv, other=0.0)
+            hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), 1)
+            if IEEE:
+                vf, dof, hf = b_v.to(tl.float32), b_do.to(tl.float32), b_h.to(tl.float32)
+                ds += tl.dot(dof, tl.trans(vf), input_precision="ieee")
+                dq_acc += tl.dot(dof, tl.trans(hf), input_precision="ieee")
+                dk_acc += tl.dot(vf, tl.trans(b_dh.to(tl.float32)), input_precision="ieee")
+                dw_acc += tl.dot(b_dv.to(tl.float32), tl.trans(hf), input_precision="ieee")
+            else:  # operands in v_new's dtype, as FLA's kernel rounds them
+                ds = tl.dot(b_do, tl.trans(b_v), ds)
+                dq_acc = tl.dot(b_do, tl.trans(b_h.to(b_do.dtype)), dq_acc)
+                dk_acc = tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), dk_acc)
+                dw_acc = tl.dot(b_dv.to(b_v.dtype), tl.trans(b_h.to(b_v.dtype)), dw_acc)
+        tl.store(dw + row0 * K + ok, (-dw_acc).to(dw.dtype.element_ty), mask=mtk)
+        last = tl.minimum(i_t * BT + BT, T) - 1 - i_t * BT  # the chunk's last row, counted in the chunk
+        b_g = tl.load(g + row0 + c * H, mask=mt, other=0.0).to(tl.float32)
+        g_last = tl.load(g + row0 + last * H).to(tl.float32)
+        b_q = tl.load(q + row0 * K + ok, mask=mtk, other=0.0)
+        b_k = tl.load(k + row0 * K + ok, mask=mtk, other=0.0)
+        qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+        dq_acc = dq_acc * (tl.exp2(b_g) * scale)[:, None]
+        dk_acc = dk_acc * tl.where(mt, tl.exp2(g_last - b_g), 0.0)[:, None]
+        dg_last = tl.sum(hdh) * tl.exp2(g_last) + tl.sum(dk_acc * kf)
+        causal = (c[:, None] >= c[None, :]) & mt[:, None] & mt[None, :]
+        ds = tl.where(causal, ds * tl.exp2(b_g[:, None] - b_g[None, :]), 0.0) * scale
+        if IEEE:
+            dq_acc += tl.dot(ds, kf, input_precision="ieee")
+            dk_acc += tl.dot(tl.trans(ds), qf, input_precision="ieee")
+        else:
+            ds16 = ds.to(b_k.dtype)
+            dq_acc = tl.dot(ds16, b_k, dq_acc)
+            # ds^T q as (q^T ds)^T: a transposed bf16 copy of a product's result fed to another product is what
+            # Triton 3.4-3.7.0 miscompiles on Hopper (FLA issue 640); the fp32 result transposed is not
+            dk_acc += tl.trans(tl.dot(tl.trans(b_q), ds16))
+        dg_row = tl.sum(dq_acc * qf, 1) - tl.sum(dk_acc * kf, 1)
+        dg_row = tl.where(c == last, dg_row + dg_last, dg_row)
+        tl.store(dq + row0 * K + ok, dq_acc.to(dq.dtype.element_ty), mask=mtk)
+        tl.store(dk + row0 * K + ok, dk_acc.to(dk.dtype.element_ty), mask=mtk)
+        tl.store(dg + row0 + c * H, dg_row, mask=mt)
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def dqkwg(q: Tensor, k: Tensor, v_new: Tensor, g: Tensor, h: Tensor, do: Tensor, dh: Tensor, dv: Tensor,
+              scale: float, ieee: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(dq, dk, dw, dg) as FLA's chunk_bwd_dqkwg(q, k, v_new, do, h, dh, w, g, dv=dv, scale=scale) returns
+        them: dq, dk, dw in q's / k's dtype, dg fp32 per row before the reverse chunk cumsum. g: fp32 (B, T, H)
+        chunk-local cumulative log2 decay; h, dh: (B, T/64, H, K, V). ieee as in build_wy_kernel's wy_bwd."""
+        q, k, v_new, g, h, do, dh, dv = (t.contiguous() for t in (q, k, v_new, g, h, do, dh, dv))
+        B, T, H, K = k.shape
+        V, BT = v_new.size(-1), 64
+        if K > 64 or tuple(h.shape) != (B, triton.cdiv(T, BT), H, K, V) or dh.shape != h.shape:
+            raise ValueError(f"dqkwg: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, h {tuple(h.shape)}, "
+                             f"dh {tuple(dh.shape)}")
+        dq, dk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
+        dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
+        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
+        dqkwg_kernel[(triton.cdiv(T, BT), B * H)](q, k, v_new, g, h, do, dh, dv, dq, dk, dw, dg, scale, T, H=H, K=K,
+                                                  V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        return dq, dk, dw, dg
+
+    return {"dqkwg": dqkwg, "kernels": {"dqkwg": dqkwg_kernel}}
+
+
 def register_fla_gdn_state_op() -> str | None:
     """GDN_SAVE_STATE (auto/1): FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
