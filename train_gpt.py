@@ -139,6 +139,7 @@ class Hyperparameters:
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "0", ("0", "1"))  # our WY backward kernel (v28 candidate)
+        self.gdn_dqkwg = env_choice("GDN_DQKWG", "0", ("0", "1"))  # our dq/dk/dw/dg kernel (v29 candidate)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)

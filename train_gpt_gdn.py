@@ -145,6 +145,7 @@ class Hyperparameters:
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "0", ("0", "1"))  # our WY backward kernel (v28 candidate)
+        self.gdn_dqkwg = env_choice("GDN_DQKWG", "0", ("0", "1"))  # our dq/dk/dw/dg kernel (v29 candidate)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1424,7 +1425,7 @@ def register_fla_gdn_state_op() -> str | None:
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
     instead of FLA's fwd_h / bwd_dhu; with bwd only the backward's (auto picks one: state_chain_choice), in
     segments with GDN_CHAIN_SEGMENT. With GDN_WY_BWD the WY backward and the tail after it are ours
-    (build_wy_kernel). Returns None when registered (as GDN_STATE_OP), else why not."""
+    (build_wy_kernel), with GDN_DQKWG the dq/dk/dw/dg kernel (build_dqkwg_kernel). Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1449,6 +1450,7 @@ def register_fla_gdn_state_op() -> str | None:
             return why
         ours = build_state_kernels()
         wy = build_wy_kernel()
+        dq_kernel = build_dqkwg_kernel()
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     C = 64  # FLA's chunk size, which h is saved at
@@ -1488,8 +1490,11 @@ def register_fla_gdn_state_op() -> str | None:
         else:
             dh, _, dv = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, g=g_cum, h0=None, dht=None, do=do, dv=dv,
                                                        scale=scale, chunk_size=C)
-        dq, dk, dw, dg = chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g_cum, h=h, dv=dv, do=do, dh=dh, scale=scale,
-                                         chunk_size=C)
+        if GDN_DQKWG:  # FLA's chunk_bwd_dqkwg (TileLang's on Hopper with Triton 3.4-3.7.0) as our Triton kernel
+            dq, dk, dw, dg = dq_kernel["dqkwg"](q, k, v_new, g_cum, h, do, dh, dv, scale)
+        else:
+            dq, dk, dw, dg = chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g_cum, h=h, dv=dv, do=do, dh=dh, scale=scale,
+                                             chunk_size=C)
         if GDN_WY_BWD:  # FLA's WY backward, the two adds and the reverse cumsum as one kernel of ours
             dk, dv, db, dg = wy["wy_bwd"](k, v, beta, g_cum, A, dw, dv, dk, dg)
         else:
@@ -1527,6 +1532,7 @@ GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN
 GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN auto)
 GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
 GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD=1)
+GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG=1)
 
 
 CHAIN_SEGMENT_AUTO = (32768, 32)  # GDN_CHAIN_SEGMENT=auto: from this sequence length, segments of this many chunks
@@ -1851,8 +1857,8 @@ def import_fla() -> tuple[object, str]:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
-    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD
-    GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD = False, "0", 0, False
+    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD, GDN_DQKWG
+    GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD, GDN_DQKWG = False, "0", 0, False, False
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1900,6 +1906,8 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
                     GDN_WY_BWD = args.gdn_wy_bwd == "1" and dk <= 64  # one key tile (build_wy_kernel)
                     note += "; WY backward: our kernel (GDN_WY_BWD=1)" if GDN_WY_BWD else ""
+                    GDN_DQKWG = args.gdn_dqkwg == "1" and dk <= 64  # one key tile (build_dqkwg_kernel)
+                    note += "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" if GDN_DQKWG else ""
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1937,6 +1945,11 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
                           f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_WY_BWD=0")
+    if args.gdn_dqkwg == "1" and not GDN_DQKWG:
+        raise ConfigError(f"GDN_DQKWG=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
+                          f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
+                          f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
+                          f"{', no GDN layers' if not gdn else ''}; use GDN_DQKWG=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

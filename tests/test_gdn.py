@@ -587,6 +587,12 @@ def our_wy(k, v, beta, g, A, dw, du, dk_in, dg_in):  # stand-in for our WY backw
     return out
 
 gdn.build_wy_kernel = lambda: {"wy_bwd": our_wy}
+def our_dqkwg(q, k, v_new, g, h, do, dh, dv, scale):  # stand-in for our dq/dk/dw/dg kernel (GDN_DQKWG)
+    out = (q * 0 + 1000, k * 0 + 2000, k * 0 + 3000, g * 0 + 4000)
+    calls.append(("our_dqkwg", dict(q=q, k=k, v_new=v_new, g=g, h=h, do=do, dh=dh, dv=dv, scale=scale), out))
+    return out
+
+gdn.build_dqkwg_kernel = lambda: {"dqkwg": our_dqkwg}
 assert gdn.register_fla_gdn_state_op() is None and gdn.GDN_STATE_OP is not None and gdn.GDN_OP is None
 B, T, H, K, V = 2, 100, 3, 8, 16
 q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
@@ -675,7 +681,33 @@ assert torch.equal(wy["du"], calls[1][2][2]) and torch.equal(wy["dw"], dw) and t
 assert wy["dk_in"] is dk and wy["dg_in"] is dg and torch.equal(wy["g"], g_cum)
 for got, want in zip([t.grad for t in leaves], (1.0, 102.0, 202.0, 404.0, 300.0)):  # dq, dk, dv (du 2), dg, db
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+
+gdn.GDN_DQKWG = True  # GDN_DQKWG: our kernel takes dqkwg's inputs (the saved states, dhu's dh and dv) in its place
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+calls.clear()
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+h_fwd, g_cum = calls[2][2][0], calls[0][2]
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "dhu", "our_dqkwg", "our_wy"], names  # FLA's dqkwg gone
+ours, (dh, dv2) = calls[2][1], calls[1][2][:3:2]
+assert torch.equal(ours["h"], h_fwd) and ours["dh"] is dh and ours["dv"] is dv2 and torch.equal(ours["g"], g_cum)
+assert ours["scale"] == 0.5 and torch.equal(ours["q"], q) and torch.equal(ours["do"], torch.ones_like(o))
+wy, (dq, dk, dw, dg) = calls[3][1], calls[2][2]
+assert wy["dw"] is dw and wy["dk_in"] is dk and wy["dg_in"] is dg
+for got, want in zip([t.grad for t in leaves], (1000.0, 2100.0, 202.0, 4400.0, 300.0)):  # dq ours, dk + 100, ...
+    assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 gdn.GDN_WY_BWD = False
+leaves = [t.clone().requires_grad_(True) for t in (q, k, v, g, beta)]
+o = gdn.GDN_STATE_OP(*leaves, 0.5)[0]
+calls.clear()
+o.backward(torch.ones_like(o))
+names = [c[0] for c in calls]
+assert names == ["dv_local", "dhu", "our_dqkwg", "wy_bwd", "cumsum"], names  # ours with FLA's WY backward
+for got, want in zip([t.grad for t in leaves], (1000.0, 2010.0, 20.0, 2 * 4040.0, 30.0)):
+    assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
+gdn.GDN_DQKWG = False
 print("ok")
 '''
 
@@ -691,6 +723,28 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     r = subprocess.run([sys.executable, "-c", STATE_OP_WIRING, str(REPO / "train_gpt_gdn.py")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("state", ["auto", "0"])
+def test_gdn_dqkwg_selection_on_fla_host(clean_env, state):
+    """GDN_DQKWG=1 runs our dq/dk/dw/dg kernel inside the state-saving op (v29 candidate) and the GDN line says so;
+    0, the default, keeps FLA's. Without the state op or beyond one key tile (dk > 64) it is refused by name."""
+    fake_fla_host(clean_env, None)
+    assert small_args(clean_env).gdn_dqkwg == "0"
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE=state), torch.device("cuda"))
+    assert gdn.GDN_DQKWG is False and "dq/dk/dw/dg backward" not in lines[2]
+    args = small_args(clean_env, GDN_SAVE_STATE=state, GDN_DQKWG="1")
+    if state == "0":
+        with pytest.raises(gdn.ConfigError, match="GDN_DQKWG=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
+                                                  "use GDN_DQKWG=0"):
+            gdn.prepare_mixers(args, torch.device("cuda"))
+    else:
+        lines = gdn.prepare_mixers(args, torch.device("cuda"))
+        assert gdn.GDN_DQKWG is True and "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" in lines[2]
+        wide = small_args(clean_env, GDN_DQKWG="1", GDN_HEAD_DIM_RATIO="5.0")  # dk = 80
+        with pytest.raises(gdn.ConfigError, match="GDN_DQKWG=1: .*key head dim 80"):
+            gdn.prepare_mixers(wide, torch.device("cuda"))
+    assert gdn.GDN_DQKWG is False  # reset by each call
 
 
 @pytest.mark.parametrize("state", ["auto", "0"])
