@@ -173,6 +173,9 @@ def test_gdn_path_names_each_fla_path():
                     "(GDN_SAVE_STATE=auto); state recurrences: our chain kernels (GDN_STATE_CHAIN=1), in segments "
                     "of 32 chunks (GDN_CHAIN_SEGMENT); WY backward: our kernel (GDN_WY_BWD=1)") \
         == "fla-op+saved-state+state-chain+seg32+wy"
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); chunk states saved for the backward "
+                    "(GDN_SAVE_STATE=auto); WY backward: our kernel (GDN_WY_BWD=1); dq/dk/dw/dg backward: our kernel "
+                    "(GDN_DQKWG=1)") == "fla-op+saved-state+wy+dqkwg"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "

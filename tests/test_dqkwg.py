@@ -106,3 +106,59 @@ def test_kernel_compiles_for_hopper():
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
     assert r.stdout.count("sm90 dqkwg") == 12
+
+
+def test_gdn_check_names_the_dqkwg_paths():
+    """tools/check_gdn_fla.py's state-op paths ending in -dqkwg run our dq/dk/dw/dg kernel on top of the path they
+    extend (its chain setting and, for ...-wy-dqkwg, our WY backward too); the switches come back after the block."""
+    from tools import check_gdn_fla as check
+    assert check.chain_setting("state-op-dqkwg") == ("0", 0)
+    assert check.chain_setting("state-op-chain-seg-wy-dqkwg") == check.chain_setting("state-op-chain-seg") == ("1", 3)
+    g = check.gdn
+    before = g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG
+    with check.state_flags(True, ("1", 3), wy=True, dqkwg=True):
+        assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG) == \
+            (True, "1", 3, True, True)
+    assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG) == before
+
+
+BENCH_MAIN = INTERP_PATCHES + textwrap.dedent("""
+    import time
+    sys.path.insert(0, sys.argv[-1])
+    from tools.gpu import bench_dqkwg as bench
+
+    def first_config_kept(self, *a, **kw):  # the first config, without dropping the others for later calls
+        kept, self.configs = self.configs, self.configs[:1]
+        try:
+            return run(self, *a, **kw)
+        finally:
+            self.configs = kept
+    autotuner.Autotuner.run = first_config_kept
+
+    def timer(fn, iters):  # wall ms of one call (the interpreter has no CUDA graphs)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    rc = bench.main(["--shapes", "1x128", "--reference-shape", "1x64", "--iters", "1", "--flush-mib", "1"],
+                    device="cpu", dtype=torch.float32, timer=timer)
+    print("rc", rc)
+""")
+
+
+def test_bench_tool_runs_end_to_end():
+    """tools/gpu/bench_dqkwg.py's main() on the CPU (interpreter, fp32, FLA's Triton kernel as the other side, a
+    wall-clock timer in place of CUDA graphs): the reference-shape check, every config of ours against FLA's
+    outputs, and the machine-readable lines, ours agreeing with FLA's at every config."""
+    require_fla()
+    r = run_with_triton(BENCH_MAIN, "0")
+    assert r.returncode == 0 and "rc 0" in r.stdout, r.stdout[-3000:] + r.stderr[-4000:]
+    lines = r.stdout.splitlines()
+    checks = [ln for ln in lines if ln.startswith("check 1x64 ")]
+    configs = [ln for ln in lines if ln.startswith("dqkwg_config shape:1x128 ")]
+    result = [ln for ln in lines if ln.startswith("dqkwg shape:1x128 ")]
+    assert len(checks) == 4 and len(configs) == 12 and len(result) == 1, r.stdout[-3000:]
+    assert all(float(ln.split("max_rel_diff:")[1].split()[0]) < 1e-5 for ln in configs + result), r.stdout[-3000:]
+    fp64 = [float(ln.split("ours vs fp64 ")[1].split(",")[0]) for ln in checks]
+    assert max(fp64) < 1e-5, checks
+    assert "ours_pick:BV32_w4_s1" in result[0], result
