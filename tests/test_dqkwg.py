@@ -13,6 +13,7 @@ import textwrap
 from test_fla_interpreted import INTERP_PATCHES, require_fla
 from test_triton_sm90_compile import SM90_HELPER
 from test_triton_conv import run_with_triton
+from test_wy_bwd import bench_main
 
 CHECK = INTERP_PATCHES + textwrap.dedent("""
     sys.path.insert(0, sys.argv[-1])
@@ -122,36 +123,12 @@ def test_gdn_check_names_the_dqkwg_paths():
     assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG) == before
 
 
-BENCH_MAIN = INTERP_PATCHES + textwrap.dedent("""
-    import time
-    sys.path.insert(0, sys.argv[-1])
-    from tools.gpu import bench_dqkwg as bench
-
-    def first_config_kept(self, *a, **kw):  # the first config, without dropping the others for later calls
-        kept, self.configs = self.configs, self.configs[:1]
-        try:
-            return run(self, *a, **kw)
-        finally:
-            self.configs = kept
-    autotuner.Autotuner.run = first_config_kept
-
-    def timer(fn, iters):  # wall ms of one call (the interpreter has no CUDA graphs)
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-
-    rc = bench.main(["--shapes", "1x128", "--reference-shape", "1x64", "--iters", "1", "--flush-mib", "1"],
-                    device="cpu", dtype=torch.float32, timer=timer)
-    print("rc", rc)
-""")
-
-
 def test_bench_tool_runs_end_to_end():
     """tools/gpu/bench_dqkwg.py's main() on the CPU (interpreter, fp32, FLA's Triton kernel as the other side, a
     wall-clock timer in place of CUDA graphs): the reference-shape check, every config of ours against FLA's
     outputs, and the machine-readable lines, ours agreeing with FLA's at every config."""
     require_fla()
-    r = run_with_triton(BENCH_MAIN, "0")
+    r = run_with_triton(bench_main("bench_dqkwg"), "0")
     assert r.returncode == 0 and "rc 0" in r.stdout, r.stdout[-3000:] + r.stderr[-4000:]
     lines = r.stdout.splitlines()
     checks = [ln for ln in lines if ln.startswith("check 1x64 ")]

@@ -726,45 +726,27 @@ def test_state_op_backward_uses_saved_states(tmp_path):
 
 
 @pytest.mark.parametrize("state", ["auto", "0"])
-def test_gdn_dqkwg_selection_on_fla_host(clean_env, state):
-    """GDN_DQKWG=1 runs our dq/dk/dw/dg kernel inside the state-saving op (v29 candidate) and the GDN line says so;
-    0, the default, keeps FLA's. Without the state op or beyond one key tile (dk > 64) it is refused by name."""
-    fake_fla_host(clean_env, None)
-    assert small_args(clean_env).gdn_dqkwg == "0"
-    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE=state), torch.device("cuda"))
-    assert gdn.GDN_DQKWG is False and "dq/dk/dw/dg backward" not in lines[2]
-    args = small_args(clean_env, GDN_SAVE_STATE=state, GDN_DQKWG="1")
-    if state == "0":
-        with pytest.raises(gdn.ConfigError, match="GDN_DQKWG=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
-                                                  "use GDN_DQKWG=0"):
-            gdn.prepare_mixers(args, torch.device("cuda"))
-    else:
-        lines = gdn.prepare_mixers(args, torch.device("cuda"))
-        assert gdn.GDN_DQKWG is True and "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" in lines[2]
-        wide = small_args(clean_env, GDN_DQKWG="1", GDN_HEAD_DIM_RATIO="5.0")  # dk = 80
-        with pytest.raises(gdn.ConfigError, match="GDN_DQKWG=1: .*key head dim 80"):
-            gdn.prepare_mixers(wide, torch.device("cuda"))
-    assert gdn.GDN_DQKWG is False  # reset by each call
-
-
-@pytest.mark.parametrize("state", ["auto", "0"])
-def test_gdn_wy_bwd_selection_on_fla_host(clean_env, state):
-    """GDN_WY_BWD=1 runs our WY backward inside the state-saving op (v28 candidate) and the GDN line says so; 0, the
-    default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) it is refused,
+@pytest.mark.parametrize("setting,flag,note", [
+    ("GDN_WY_BWD", "GDN_WY_BWD", "; WY backward: our kernel (GDN_WY_BWD=1)"),  # v28 candidate
+    ("GDN_DQKWG", "GDN_DQKWG", "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)"),  # v29 candidate
+])
+def test_our_backward_kernel_selection_on_fla_host(clean_env, state, setting, flag, note):
+    """GDN_WY_BWD=1 / GDN_DQKWG=1 run our kernel inside the state-saving op and the GDN line says so; 0, the
+    default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) they are refused,
     not ignored, and the error names the setting and the way out."""
     fake_fla_host(clean_env, None)
-    assert small_args(clean_env).gdn_wy_bwd == "0"
+    assert getattr(small_args(clean_env), setting.lower()) == "0"
     lines = gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE=state), torch.device("cuda"))
-    assert gdn.GDN_WY_BWD is False and "WY backward" not in lines[2]
-    args = small_args(clean_env, GDN_SAVE_STATE=state, GDN_WY_BWD="1")
+    assert getattr(gdn, flag) is False and note not in lines[2]
+    args = small_args(clean_env, GDN_SAVE_STATE=state, **{setting: "1"})
     if state == "0":
-        with pytest.raises(gdn.ConfigError, match="GDN_WY_BWD=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
-                                                  "use GDN_WY_BWD=0"):
+        with pytest.raises(gdn.ConfigError, match=f"{setting}=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
+                                                  f"use {setting}=0"):
             gdn.prepare_mixers(args, torch.device("cuda"))
     else:
         lines = gdn.prepare_mixers(args, torch.device("cuda"))
-        assert gdn.GDN_WY_BWD is True and "; WY backward: our kernel (GDN_WY_BWD=1)" in lines[2]
-        wide = small_args(clean_env, GDN_WY_BWD="1", GDN_HEAD_DIM_RATIO="5.0")  # dk = 80
-        with pytest.raises(gdn.ConfigError, match="GDN_WY_BWD=1: .*key head dim 80"):
+        assert getattr(gdn, flag) is True and note in lines[2]
+        wide = small_args(clean_env, GDN_HEAD_DIM_RATIO="5.0", **{setting: "1"})  # dk = 80
+        with pytest.raises(gdn.ConfigError, match=f"{setting}=1: .*key head dim 80"):
             gdn.prepare_mixers(wide, torch.device("cuda"))
-    assert gdn.GDN_WY_BWD is False  # reset by each call
+    assert getattr(gdn, flag) is False  # reset by each call

@@ -154,28 +154,32 @@ def test_gdn_check_names_the_wy_paths():
     assert chain_setting("state-op-chain-seg-wy") == chain_setting("state-op-chain-seg") == ("1", 3)
 
 
-BENCH_MAIN = INTERP_PATCHES + textwrap.dedent("""
-    import time
-    sys.path.insert(0, sys.argv[-1])
-    from tools.gpu import bench_wy_bwd as bench
+def bench_main(module: str) -> str:
+    """A check script that runs tools/gpu/MODULE.py's main() on the CPU: the interpreter, fp32, the first autotune
+    config at each call (the others kept for its per-config loop), a wall-clock timer in place of CUDA graphs."""
+    return INTERP_PATCHES + textwrap.dedent(f"""
+        import time
+        sys.path.insert(0, sys.argv[-1])
+        from tools.gpu import {module} as bench
 
-    def first_config_kept(self, *a, **kw):  # the first config, without dropping the others for later calls
-        kept, self.configs = self.configs, self.configs[:1]
-        try:
-            return run(self, *a, **kw)
-        finally:
-            self.configs = kept
-    autotuner.Autotuner.run = first_config_kept
+        def first_config_kept(self, *a, **kw):  # the first config, without dropping the others for later calls
+            kept, self.configs = self.configs, self.configs[:1]
+            try:
+                return run(self, *a, **kw)
+            finally:
+                self.configs = kept
+        autotuner.Autotuner.run = first_config_kept
 
-    def timer(fn, iters):  # wall ms of one call (the interpreter has no CUDA graphs)
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
+        def timer(fn, iters):  # wall ms of one call (the interpreter has no CUDA graphs)
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
 
-    rc = bench.main(["--shapes", "1x128", "--reference-shape", "1x64", "--iters", "1", "--flush-mib", "1"],
-                    device="cpu", dtype=torch.float32, timer=timer)
-    print("rc", rc)
-""")
+        rc = bench.main(["--shapes", "1x128", "--reference-shape", "1x64", "--iters", "1", "--flush-mib", "1"],
+                        device="cpu", dtype=torch.float32, timer=timer)
+        print("rc", rc)
+    """)
+
 
 
 def test_bench_tool_runs_end_to_end():
@@ -183,7 +187,7 @@ def test_bench_tool_runs_end_to_end():
     it checks on the reference shape, checks every config of ours against FLA's path and prints the machine-readable
     lines, with ours agreeing with FLA's at every config."""
     require_fla()
-    r = run_with_triton(BENCH_MAIN, "0")
+    r = run_with_triton(bench_main("bench_wy_bwd"), "0")
     assert r.returncode == 0 and "rc 0" in r.stdout, r.stdout[-3000:] + r.stderr[-4000:]
     lines = r.stdout.splitlines()
     checks = [ln for ln in lines if ln.startswith("check 1x64 ")]

@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, kernel_bench_args, kernel_bench_parser,  # noqa: E402
-                                              pick_at_this_shape)
+from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, kernel_bench_args, kernel_bench_header,  # noqa: E402
+                                              kernel_bench_parser, pick_at_this_shape, print_reference_check,
+                                              warm_cold_ms)
 from tools.gpu.bench_wy_bwd import each_config  # noqa: E402
 
 NAMES = ("dq", "dk", "dw", "dg")
@@ -48,21 +49,13 @@ def make_inputs(B: int, T: int, seed: int, device: str = "cuda",
 def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, timer=graph_ms) -> int:
     """The bench (device, dtype and timer other than the defaults only for its CPU test)."""
     a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__), argv)
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bench_dqkwg: needs a CUDA device", file=sys.stderr)
+    if not kernel_bench_header("bench_dqkwg", a, device):
         return 2
     fla_tuned_per_process()
-    import triton
-
     from tools.kernels import dqkwg as dq
-    card = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"card:{card} torch:{torch.__version__} triton:{triton.__version__} "
-          f"iters={a.iters} flush_mib={a.flush_mib}")
     x = make_inputs(B, T, a.seed, device, dtype)
     ref = dq.reference(**{n: (t.cpu() if torch.is_tensor(t) else t) for n, t in x.items()})
-    for name, o, f, r in zip(NAMES, dq.dqkwg(**x), dq.fla_path(**x), ref):
-        print(f"check {B}x{T} {name}: ours vs fla {rel(o.float(), f.float()):.2e}, ours vs fp64 "
-              f"{rel(o.double().cpu(), r):.2e}, fla vs fp64 {rel(f.double().cpu(), r):.2e}")
+    print_reference_check(B, T, NAMES, dq.dqkwg(**x), dq.fla_path(**x), ref)
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
     flush_ms = timer(flush.zero_, iters=a.iters)
     tuner = dq.kernels["dqkwg"]
@@ -70,17 +63,15 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     for B, T in shapes:
         x = make_inputs(B, T, a.seed, device, dtype)
         f_out = dq.fla_path(**x)
-        o_out, pick = pick_at_this_shape(tuner, lambda: dq.dqkwg(**x))
-        errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
         for name, outs in each_config(tuner, lambda: dq.dqkwg(**x)):
             e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
             print(f"dqkwg_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
                   f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
-        pick_at_this_shape(tuner, lambda: dq.dqkwg(**x))  # each_config cleared the pick: made again, untimed
+        o_out, pick = pick_at_this_shape(tuner, lambda: dq.dqkwg(**x))  # after each_config: the pick timed below
+        errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
         fla_call, our_call = (lambda: dq.fla_path(**x)), (lambda: dq.dqkwg(**x))
-        f_ms, o_ms = timer(fla_call, iters=a.iters), timer(our_call, iters=a.iters)
-        f_cold = timer(lambda: (flush.zero_(), fla_call()), iters=a.iters) - flush_ms
-        o_cold = timer(lambda: (flush.zero_(), our_call()), iters=a.iters) - flush_ms
+        f_ms, f_cold = warm_cold_ms(timer, fla_call, flush, flush_ms, a.iters)
+        o_ms, o_cold = warm_cold_ms(timer, our_call, flush, flush_ms, a.iters)
         rows.append((B, T, f_ms, o_ms, f_cold, o_cold, errs, pick))
         print(f"{B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla {f_cold:.3f}, "
               f"ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "

@@ -70,6 +70,29 @@ def kernel_bench_args(p: argparse.ArgumentParser, argv=None):
     return a, shapes, ref_shape[0]
 
 
+def kernel_bench_header(name: str, a, device: str) -> bool:
+    """A kernel bench's first line (card, versions, --iters, --flush-mib); False, after saying why, without CUDA."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"{name}: needs a CUDA device", file=sys.stderr)
+        return False
+    import triton
+    card = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"card:{card} torch:{torch.__version__} triton:{triton.__version__} iters={a.iters} flush_mib={a.flush_mib}")
+    return True
+
+
+def print_reference_check(B: int, T: int, names, ours, fla, ref) -> None:
+    """`check BxT name:` lines: each output of ours against FLA's, and both against the float64 reference (CPU)."""
+    for name, o, f, r in zip(names, ours, fla, ref):
+        print(f"check {B}x{T} {name}: ours vs fla {rel(o.float(), f.float()):.2e}, ours vs fp64 "
+              f"{rel(o.double().cpu(), r):.2e}, fla vs fp64 {rel(f.double().cpu(), r):.2e}")
+
+
+def warm_cold_ms(timer, call, flush: torch.Tensor, flush_ms: float, iters: int) -> tuple[float, float]:
+    """(ms per call, ms per call after a write of `flush` (its own flush_ms subtracted): L2 cold)."""
+    return timer(call, iters=iters), timer(lambda: (flush.zero_(), call()), iters=iters) - flush_ms
+
+
 def make_recurrence_inputs(B: int, T: int, seed: int, device: str = "cuda",
                            dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra

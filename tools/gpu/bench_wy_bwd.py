@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
 from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, config_name, kernel_bench_args,  # noqa: E402
-                                              kernel_bench_parser, pick_at_this_shape)
+                                              kernel_bench_header, kernel_bench_parser, pick_at_this_shape,
+                                              print_reference_check, warm_cold_ms)
 
 NAMES = ("dk", "dv", "db", "dg")
 
@@ -67,22 +68,15 @@ def each_config(tuner, call):
 def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, timer=graph_ms) -> int:
     """The bench (device, dtype and timer other than the defaults only for its CPU test)."""
     a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__), argv)
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bench_wy_bwd: needs a CUDA device", file=sys.stderr)
+    if not kernel_bench_header("bench_wy_bwd", a, device):
         return 2
     fla_tuned_per_process()
-    import triton
     from fla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, prepare_wy_repr_bwd_kernel
 
     from tools.kernels import wy_bwd as wy
-    card = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"card:{card} torch:{torch.__version__} triton:{triton.__version__} "
-          f"iters={a.iters} flush_mib={a.flush_mib}")
     x = make_inputs(B, T, a.seed, device, dtype)
     ref = wy.reference(*(x[n].cpu() for n in ("k", "v", "beta", "g", "dw", "du", "dk_in", "dg_in")))
-    for name, o, f, r in zip(NAMES, wy.wy_bwd(**x), wy.fla_path(**x), ref):
-        print(f"check {B}x{T} {name}: ours vs fla {rel(o.float(), f.float()):.2e}, ours vs fp64 "
-              f"{rel(o.double().cpu(), r):.2e}, fla vs fp64 {rel(f.double().cpu(), r):.2e}")
+    print_reference_check(B, T, NAMES, wy.wy_bwd(**x), wy.fla_path(**x), ref)
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
     flush_ms = timer(flush.zero_, iters=a.iters)
     fla_tuner, our_tuner = autotuner(prepare_wy_repr_bwd_kernel), wy.kernels["wy_bwd"]
@@ -90,20 +84,19 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     for B, T in shapes:
         x = make_inputs(B, T, a.seed, device, dtype)
         f_out, fla_pick = pick_at_this_shape(fla_tuner, lambda: wy.fla_path(**x))
-        o_out, our_pick = pick_at_this_shape(our_tuner, lambda: wy.wy_bwd(**x))
-        errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
         for name, outs in each_config(our_tuner, lambda: wy.wy_bwd(**x)):
             e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
             print(f"wy_bwd_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
                   f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
+        o_out, our_pick = pick_at_this_shape(our_tuner, lambda: wy.wy_bwd(**x))  # after each_config: the one timed
+        errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
         fla_call = lambda: wy.fla_path(**x, inplace=True)  # noqa: E731  (as the state op: adds in place)
         our_call = lambda: wy.wy_bwd(**x)  # noqa: E731
-        f_ms, o_ms = timer(fla_call, iters=a.iters), timer(our_call, iters=a.iters)
+        f_ms, f_cold = warm_cold_ms(timer, fla_call, flush, flush_ms, a.iters)
+        o_ms, o_cold = warm_cold_ms(timer, our_call, flush, flush_ms, a.iters)
         # FLA's kernel alone: what the tail (two adds, the cumsum) costs beside it, and what the bodies compare at
         k_ms = timer(lambda: prepare_wy_repr_bwd(**{n: x[n] for n in ("k", "v", "beta", "g", "A", "dw", "du")}),
                         iters=a.iters)
-        f_cold = timer(lambda: (flush.zero_(), fla_call()), iters=a.iters) - flush_ms
-        o_cold = timer(lambda: (flush.zero_(), our_call()), iters=a.iters) - flush_ms
         rows.append((B, T, f_ms, k_ms, o_ms, f_cold, o_cold, errs, fla_pick, our_pick))
         print(f"{B}x{T}: fla path {f_ms:.3f} ms (its WY kernel {k_ms:.3f}), ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); "
               f"cold L2: fla {f_cold:.3f}, "
