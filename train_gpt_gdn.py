@@ -1880,12 +1880,16 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
             if broken:
                 try:
                     import tilelang  # noqa: F401
+                    note += f" (TileLang backward: {broken} is in the broken range)"
                 except Exception:
-                    raise ConfigError(
-                        f"GDN_IMPL={want}: {broken} gives wrong GDN gradients in FLA's Triton backward (FLA issue "
-                        "640) and TileLang is not installed; install tilelang (see README) or set GDN_IMPL=torch"
-                    ) from None
-                note += f" (TileLang backward: {broken} is in the broken range)"
+                    # GDN_DQKWG=1 replaces the one kernel FLA sends to TileLang; it needs the state op, whose
+                    # absence is refused below (never FLA's own backward on this host)
+                    if args.gdn_dqkwg != "1" or args.gdn_save_state == "0":
+                        raise ConfigError(
+                            f"GDN_IMPL={want}: {broken} gives wrong GDN gradients in FLA's Triton backward (FLA "
+                            "issue 640) and TileLang is not installed; install tilelang (see README) or set "
+                            "GDN_IMPL=torch") from None
+                    note += f" ({broken} is in the broken range; TileLang not installed, not needed with GDN_DQKWG=1)"
             want = "fla"
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \

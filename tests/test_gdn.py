@@ -750,3 +750,22 @@ def test_our_backward_kernel_selection_on_fla_host(clean_env, state, setting, fl
         with pytest.raises(gdn.ConfigError, match=f"{setting}=1: .*key head dim 80"):
             gdn.prepare_mixers(wide, torch.device("cuda"))
     assert getattr(gdn, flag) is False  # reset by each call
+
+
+def test_broken_triton_host_needs_tilelang_unless_our_dqkwg(clean_env, monkeypatch):
+    """On Hopper with Triton 3.4-3.7.0 FLA's Triton dqkwg computes wrong gradients (FLA issue 640) and FLA sends
+    that one kernel to TileLang: without TileLang the run is refused by name, unless GDN_DQKWG=1 replaces it with
+    ours inside the state op (and then only with the state op: GDN_SAVE_STATE=0 is refused, never FLA's backward)."""
+    fake_fla_host(clean_env, None)
+    monkeypatch.setattr(gdn, "triton_breaks_hopper_gdn", lambda device: "Triton 3.6.0 on NVIDIA H200")
+    monkeypatch.setitem(sys.modules, "tilelang", None)  # import tilelang raises ImportError
+    with pytest.raises(gdn.ConfigError, match="FLA issue 640.*TileLang is not installed"):
+        gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
+    with pytest.raises(gdn.ConfigError, match="TileLang is not installed"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="1", GDN_SAVE_STATE="0"), torch.device("cuda"))
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="1", GDN_SAVE_STATE="auto"), torch.device("cuda"))
+    assert gdn.GDN_DQKWG is True and "TileLang not installed, not needed with GDN_DQKWG=1" in lines[2]
+    monkeypatch.setitem(sys.modules, "tilelang", types.ModuleType("tilelang"))
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="0"), torch.device("cuda"))
+    assert "(TileLang backward: Triton 3.6.0 on NVIDIA H200 is in the broken range)" in lines[2]
+    assert gdn.GDN_DQKWG is False
