@@ -1311,11 +1311,13 @@ def build_wy_kernel() -> dict:
 
 def build_dqkwg_kernel() -> dict:
     """Our Triton kernel for FLA's chunk_bwd_dqkwg (GDN_DQKWG=1, v29 candidate): the gradients of q, k, w and g
-    through one chunk's output o = scale (2^g q) h + scale (causal (q k^T) 2^(g_i - g_j)) v_new and the state
-    passed on, h' = 2^g_last h + (2^(g_last - g) k)^T v_new - w^T ... (w's part reaches dw as -dv h^T):
+    through one chunk's output o = scale (2^g q) h + scale (causal(q k^T) 2^(g_i - g_j)) v_new, the state it passes
+    on, h' = 2^g_last h + (2^(g_last - g) k)^T v_new, and v_new = u - w h (dv: the gradient at v_new, after the
+    state recurrence's backward; dh: at h'), with h and v_new held:
         ds = causal(do v_new^T) 2^(g_i - g_j) scale;   dq = scale 2^g (do h^T) + ds k
         dk = 2^(g_last - g) (v_new dh^T) + ds^T q;     dw = -(dv h^T)
-        dg = rowsum(dq q) - rowsum(dk k), the chunk's last row also + 2^g_last sum(h dh) + sum(2^(g_last-g)(v_new dh^T) k)
+        dg = rowsum(dq q) - rowsum(dk k); the chunk's last row also + 2^g_last sum(h dh)
+             + sum(2^(g_last - g) (v_new dh^T) k)
     (natural-log units, before the reverse chunk cumsum, as FLA's kernel returns them). On Hopper with Triton 3.4 up
     to 3.7.0 FLA's own Triton kernel is refused (FLA issue 640: ds^T q takes a transposed bf16 copy of a product's
     result) and FLA runs a TileLang kernel instead (4.6x its memory floor at 32k, PERF_NOTES v21); ours forms that
@@ -1425,7 +1427,8 @@ def register_fla_gdn_state_op() -> str | None:
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
     instead of FLA's fwd_h / bwd_dhu; with bwd only the backward's (auto picks one: state_chain_choice), in
     segments with GDN_CHAIN_SEGMENT. With GDN_WY_BWD the WY backward and the tail after it are ours
-    (build_wy_kernel), with GDN_DQKWG the dq/dk/dw/dg kernel (build_dqkwg_kernel). Returns None when registered (as GDN_STATE_OP), else why not."""
+    (build_wy_kernel), with GDN_DQKWG the dq/dk/dw/dg kernel (build_dqkwg_kernel). Returns None when registered
+    (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
