@@ -146,6 +146,7 @@ class Hyperparameters:
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "0", ("0", "1"))  # our WY backward kernel (v28 candidate)
         self.gdn_dqkwg = env_choice("GDN_DQKWG", "0", ("0", "1"))  # our dq/dk/dw/dg kernel (v29 candidate)
+        self.gdn_fwd_o = env_choice("GDN_FWD_O", "0", ("0", "1"))  # our chunk output kernel (v30 candidate)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1417,6 +1418,74 @@ def build_dqkwg_kernel() -> dict:
     return {"dqkwg": dqkwg, "kernels": {"dqkwg": dqkwg_kernel}}
 
 
+def build_fwd_o_kernel() -> dict:
+    """Our Triton kernel for FLA's chunk_fwd_o (GDN_FWD_O=1, v30 candidate): each chunk's output
+        o = scale 2^g (q h) + P v_new,   P = causal(q k^T) 2^(g_i - g_j) scale
+    with h the state entering the chunk. FLA's kernel runs one program per (value tile, chunk, sequence x head) and
+    forms q k^T again in each (222 us per 32k call against a 75 us memory floor, PERF_NOTES v21); ours runs one
+    program per (chunk, sequence x head), forms P once and walks the value columns BV at a time. P takes v_new's
+    dtype for its product, as FLA's does; needs K <= 64. Returns {"fwd_o", "kernels"}."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=ns)
+                              for bv in (32, 64, 128) for nw in (4, 8) for ns in (1, 2)],
+                     key=["H", "K", "V", "BK", "IEEE"])
+    @triton.jit
+    def fwd_o_kernel(q, k, v, h, g, o, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        c, kk = tl.arange(0, BT), tl.arange(0, BK)
+        mt, mk = i_t * BT + c < T, kk < K
+        row0 = (i_b * T + i_t * BT) * H + i_h  # the chunk's first (b, t, h) row
+        mtk = mt[:, None] & mk[None, :]
+        ok = c[:, None] * (H * K) + kk[None, :]
+        h0 = ((i_b * tl.cdiv(T, BT) + i_t) * H + i_h) * (K * V)  # this chunk's state, (K, V) row-major
+        b_q = tl.load(q + row0 * K + ok, mask=mtk, other=0.0)
+        b_k = tl.load(k + row0 * K + ok, mask=mtk, other=0.0)
+        b_g = tl.load(g + row0 + c * H, mask=mt, other=0.0).to(tl.float32)
+        causal = (c[:, None] >= c[None, :]) & mt[:, None] & mt[None, :]
+        if IEEE:
+            qk = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
+        else:
+            qk = tl.dot(b_q, tl.trans(b_k))
+        P = tl.where(causal, qk * tl.exp2(b_g[:, None] - b_g[None, :]), 0.0) * scale
+        qscale = tl.exp2(b_g) * scale
+        for i_v in range(tl.cdiv(V, BV)):
+            vv = i_v * BV + tl.arange(0, BV)
+            mtv, mkv = mt[:, None] & (vv < V)[None, :], mk[:, None] & (vv < V)[None, :]
+            ov = c[:, None] * (H * V) + vv[None, :]
+            b_v = tl.load(v + row0 * V + ov, mask=mtv, other=0.0)
+            b_h = tl.load(h + h0 + kk[:, None] * V + vv[None, :], mask=mkv, other=0.0)
+            if IEEE:
+                acc = tl.dot(b_q.to(tl.float32), b_h.to(tl.float32), input_precision="ieee") * qscale[:, None]
+                acc += tl.dot(P, b_v.to(tl.float32), input_precision="ieee")
+            else:
+                acc = tl.dot(b_q, b_h.to(b_q.dtype)) * qscale[:, None]
+                acc = tl.dot(P.to(b_v.dtype), b_v, acc)
+            tl.store(o + row0 * V + ov, acc.to(o.dtype.element_ty), mask=mtv)
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def fwd_o(q: Tensor, k: Tensor, v_new: Tensor, h: Tensor, g: Tensor, scale: float,
+              ieee: bool | None = None) -> Tensor:
+        """o as FLA's chunk_fwd_o(q, k, v_new, h, g, scale) returns it (v_new's dtype). g: fp32 (B, T, H) chunk-local
+        cumulative log2 decay; h: (B, T/64, H, K, V), the states entering the chunks. ieee as in wy_bwd's."""
+        q, k, v_new, h, g = (t.contiguous() for t in (q, k, v_new, h, g))
+        B, T, H, K = k.shape
+        V, BT = v_new.size(-1), 64
+        if K > 64 or tuple(h.shape) != (B, triton.cdiv(T, BT), H, K, V):
+            raise ValueError(f"fwd_o: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, h {tuple(h.shape)}")
+        o = torch.empty_like(v_new)
+        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
+        fwd_o_kernel[(triton.cdiv(T, BT), B * H)](q, k, v_new, h, g, o, scale, T, H=H, K=K, V=V, BT=BT,
+                                                  BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        return o
+
+    return {"fwd_o": fwd_o, "kernels": {"fwd_o": fwd_o_kernel}}
+
+
 def register_fla_gdn_state_op() -> str | None:
     """GDN_SAVE_STATE (auto/1): FLA's chunked gated delta rule as a custom op that keeps the chunk states h of its
     forward for the backward, which FLA's own backward recomputes with a second pass of the sequential state
@@ -1427,8 +1496,8 @@ def register_fla_gdn_state_op() -> str | None:
     our v_new kernel (v18). With GDN_STATE_CHAIN=1 the two state recurrences are ours (build_state_kernels, v22)
     instead of FLA's fwd_h / bwd_dhu; with bwd only the backward's (auto picks one: state_chain_choice), in
     segments with GDN_CHAIN_SEGMENT. With GDN_WY_BWD the WY backward and the tail after it are ours
-    (build_wy_kernel), with GDN_DQKWG the dq/dk/dw/dg kernel (build_dqkwg_kernel). Returns None when registered
-    (as GDN_STATE_OP), else why not."""
+    (build_wy_kernel), with GDN_DQKWG the dq/dk/dw/dg kernel (build_dqkwg_kernel), with GDN_FWD_O the forward's
+    output kernel (build_fwd_o_kernel). Returns None when registered (as GDN_STATE_OP), else why not."""
     global GDN_STATE_OP
     if GDN_STATE_OP is not None:
         return None
@@ -1454,6 +1523,7 @@ def register_fla_gdn_state_op() -> str | None:
         ours = build_state_kernels()
         wy = build_wy_kernel()
         dq_kernel = build_dqkwg_kernel()
+        fo_kernel = build_fwd_o_kernel()
     except Exception as e:  # another fla-core version, or none
         return f"{type(e).__name__}: {e}"
     C = 64  # FLA's chunk size, which h is saved at
@@ -1469,7 +1539,10 @@ def register_fla_gdn_state_op() -> str | None:
         else:
             h, v_new, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g_cum, initial_state=None,
                                                        output_final_state=False, chunk_size=C)
-        o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
+        if GDN_FWD_O:  # FLA's chunk_fwd_o as our kernel (q k^T once a chunk, not once a value tile)
+            o = fo_kernel["fwd_o"](q, k, v_new, h, g_cum, scale)
+        else:
+            o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g_cum, scale=scale, chunk_size=C)
         return o.to(q.dtype), A, g_cum, h, w, v_new
 
     @fwd.register_fake
@@ -1536,6 +1609,7 @@ GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd
 GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
 GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD=1)
 GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG=1)
+GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O=1)
 
 
 CHAIN_SEGMENT_AUTO = (32768, 32)  # GDN_CHAIN_SEGMENT=auto: from this sequence length, segments of this many chunks
@@ -1860,8 +1934,9 @@ def import_fla() -> tuple[object, str]:
 def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
     """Check the GDN settings and resolve GDN_IMPL (auto -> fla on CUDA when fla-core imports, else torch);
     refuse FLA where its backward would be wrong (never train on wrong gradients). Returns log lines."""
-    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD, GDN_DQKWG
-    GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD, GDN_DQKWG = False, "0", 0, False, False
+    global GDN_OP, GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O
+    GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT = False, "0", 0
+    GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = False, False, False
     gdn = parse_gdn_layers(args.gdn_layers_raw, args.num_layers)
     heads, dk, dv = gdn_dims(args)
     want = args.gdn_impl
@@ -1915,6 +1990,8 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     note += "; WY backward: our kernel (GDN_WY_BWD=1)" if GDN_WY_BWD else ""
                     GDN_DQKWG = args.gdn_dqkwg == "1" and dk <= 64  # one key tile (build_dqkwg_kernel)
                     note += "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" if GDN_DQKWG else ""
+                    GDN_FWD_O = args.gdn_fwd_o == "1" and dk <= 64  # one key tile (build_fwd_o_kernel)
+                    note += "; output: our kernel (GDN_FWD_O=1)" if GDN_FWD_O else ""
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -1957,6 +2034,11 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
                           f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
                           f"{', no GDN layers' if not gdn else ''}; use GDN_DQKWG=0")
+    if args.gdn_fwd_o == "1" and not GDN_FWD_O:
+        raise ConfigError(f"GDN_FWD_O=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
+                          f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
+                          f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
+                          f"{', no GDN layers' if not gdn else ''}; use GDN_FWD_O=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

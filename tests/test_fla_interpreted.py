@@ -100,14 +100,17 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
     got["state op, our recurrences in segments, our WY backward"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     got["state op, ..., our WY backward, traced"] = run_op(torch.compile(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0],
                                                                          fullgraph=True, backend="aot_eager"))
-    gdn.GDN_DQKWG = True  # and our dq/dk/dw/dg kernel (GDN_DQKWG): every backward kernel of the op ours but dv_local
-    got["state op, ..., our WY backward and dqkwg"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
-    got["state op, ..., our WY backward and dqkwg, traced"] = run_op(torch.compile(
+    gdn.GDN_DQKWG = gdn.GDN_FWD_O = True  # and our dq/dk/dw/dg and output kernels (GDN_DQKWG, GDN_FWD_O)
+    got["state op, ..., our WY backward, dqkwg and output"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    got["state op, ..., our WY backward, dqkwg and output, traced"] = run_op(torch.compile(
         lambda *a: gdn.GDN_STATE_OP(*a, scale)[0], fullgraph=True, backend="aot_eager"))
-    gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_DQKWG = "0", 0, False  # and with FLA's recurrences
+    gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_DQKWG, gdn.GDN_FWD_O = "0", 0, False, False  # FLA's recurrences
     got["state op, our WY backward"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
     gdn.GDN_WY_BWD, gdn.GDN_DQKWG = False, True
     got["state op, our dqkwg"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_DQKWG, gdn.GDN_FWD_O = False, True
+    got["state op, our output kernel"] = run_op(lambda *a: gdn.GDN_STATE_OP(*a, scale)[0])
+    gdn.GDN_FWD_O = False
     gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_WY_BWD = False, "0", 0, False
     gdn.GDN_DQKWG = False
     assert all(torch.equal(a, b) for a, b in zip(got["state op, w/v_new kept"], got["state op"]))

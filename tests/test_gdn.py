@@ -593,6 +593,12 @@ def our_dqkwg(q, k, v_new, g, h, do, dh, dv, scale):  # stand-in for our dq/dk/d
     return out
 
 gdn.build_dqkwg_kernel = lambda: {"dqkwg": our_dqkwg}
+def our_fwd_o(q, k, v_new, h, g, scale):  # stand-in for our output kernel (GDN_FWD_O)
+    out = v_new * 0 + 9
+    calls.append(("our_fwd_o", dict(q=q, k=k, v_new=v_new, h=h, g=g, scale=scale), out))
+    return out
+
+gdn.build_fwd_o_kernel = lambda: {"fwd_o": our_fwd_o}
 assert gdn.register_fla_gdn_state_op() is None and gdn.GDN_STATE_OP is not None and gdn.GDN_OP is None
 B, T, H, K, V = 2, 100, 3, 8, 16
 q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
@@ -708,6 +714,15 @@ assert names == ["dv_local", "dhu", "our_dqkwg", "wy_bwd", "cumsum"], names  # o
 for got, want in zip([t.grad for t in leaves], (1000.0, 2010.0, 20.0, 2 * 4040.0, 30.0)):
     assert torch.equal(got, torch.full_like(got, want)), (got.flatten()[:3], want)
 gdn.GDN_DQKWG = False
+
+gdn.GDN_FWD_O = True  # GDN_FWD_O: our output kernel takes fwd_o's inputs (the states, v_new) in its place
+calls.clear()
+o = gdn.GDN_STATE_OP(*(t.clone() for t in (q, k, v, g, beta)), 0.5)[0]
+assert [c[0] for c in calls] == ["cumsum", "intra", "fwd_h", "our_fwd_o"], [c[0] for c in calls]
+fo, (h_f, v_new_f, _) = calls[3][1], calls[2][2]
+assert fo["h"] is h_f and fo["v_new"] is v_new_f and fo["g"] is calls[0][2] and fo["scale"] == 0.5
+assert torch.equal(o, torch.full_like(o, 9.0))  # its output is the op's
+gdn.GDN_FWD_O = False
 print("ok")
 '''
 
@@ -729,10 +744,11 @@ def test_state_op_backward_uses_saved_states(tmp_path):
 @pytest.mark.parametrize("setting,flag,note", [
     ("GDN_WY_BWD", "GDN_WY_BWD", "; WY backward: our kernel (GDN_WY_BWD=1)"),  # v28 candidate
     ("GDN_DQKWG", "GDN_DQKWG", "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)"),  # v29 candidate
+    ("GDN_FWD_O", "GDN_FWD_O", "; output: our kernel (GDN_FWD_O=1)"),  # v30 candidate
 ])
 def test_our_backward_kernel_selection_on_fla_host(clean_env, state, setting, flag, note):
-    """GDN_WY_BWD=1 / GDN_DQKWG=1 run our kernel inside the state-saving op and the GDN line says so; 0, the
-    default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) they are refused,
+    """GDN_WY_BWD=1 / GDN_DQKWG=1 / GDN_FWD_O=1 run our kernel inside the state-saving op and the GDN line says
+    so; 0, the default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) they are refused,
     not ignored, and the error names the setting and the way out."""
     fake_fla_host(clean_env, None)
     assert getattr(small_args(clean_env), setting.lower()) == "0"
