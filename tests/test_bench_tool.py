@@ -175,7 +175,7 @@ def test_gdn_path_names_each_fla_path():
         == "fla-op+saved-state+state-chain+seg32+wy"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); chunk states saved for the backward "
                     "(GDN_SAVE_STATE=auto); WY backward: our kernel (GDN_WY_BWD=1); dq/dk/dw/dg backward: our kernel "
-                    "(GDN_DQKWG=1)") == "fla-op+saved-state+wy+dqkwg"
+                    "(GDN_DQKWG=1); output: our kernel (GDN_FWD_O=1)") == "fla-op+saved-state+wy+dqkwg+fwd-o"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "

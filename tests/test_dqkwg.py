@@ -117,9 +117,12 @@ def test_gdn_check_names_the_dqkwg_paths():
     assert check.chain_setting("state-op-chain-seg-wy-dqkwg") == check.chain_setting("state-op-chain-seg") == ("1", 3)
     g = check.gdn
     before = g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG
-    with check.state_flags(True, ("1", 3), wy=True, dqkwg=True):
-        assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG) == \
-            (True, "1", 3, True, True)
+    assert check.our_kernels("state-op-chain-seg-wy-dqkwg") == ("wy", "dqkwg")
+    assert check.our_kernels("state-op-fwdo") == ("fwdo",) and check.our_kernels("state-op-wv") == ()
+    assert check.chain_setting("state-op-chain-seg-wy-dqkwg-fwdo") == ("1", 3)
+    with check.state_flags(True, ("1", 3), check.our_kernels("state-op-chain-seg-wy-dqkwg")):
+        assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG, g.GDN_FWD_O) == \
+            (True, "1", 3, True, True, False)
     assert (g.GDN_SAVE_WV, g.GDN_STATE_CHAIN, g.GDN_CHAIN_SEGMENT, g.GDN_WY_BWD, g.GDN_DQKWG) == before
 
 

@@ -86,7 +86,7 @@ def test_profile_session_checks_its_items_first(tmp_path, env, message):
 @pytest.mark.parametrize("args,env,message", [
     (["OLD"], {}, "usage: bash tools/gpu/verify_session.sh OUT_DIR OLD_DIR"),
     (["nowhere"], {}, "OLD_DIR nowhere: no train_gpt_gdn.py there"),
-    ([str(REPO)], dict(STAGES="gdn bench"), "STAGES: unknown stage 'bench' (expected chain, wy, dqkwg, gdn,"),
+    ([str(REPO)], dict(STAGES="gdn bench"), "STAGES: unknown stage 'bench' (expected chain, wy, dqkwg, fwdo, gdn,"),
     ([str(REPO)], dict(STAGES="chain", CHAIN_SEGMENTS="16,x"), "CHAIN_SEGMENTS=16,x: expected comma-separated"),
 ])
 def test_verify_session_checks_its_arguments_first(tmp_path, args, env, message):

@@ -5,9 +5,9 @@ peak memory, the attention and GDN implementations used, whether CUDA graphs and
 of the step the CPU spent enqueueing work (cpu_fraction, from tools/step_timing.py, which runs the script: near 1
 means the step waits on its launches; with STEP_OVERLAP on, the default on one GPU, it reads ~1 whatever binds the
 step), the first step's seconds (first_step_s: compilation, kernel JIT and autotuning, outside the training
-timer), and a digest of the run's Triton autotune picks (picks:, from its autotune_picks line; tools/compare_picks.py
-lists the kernels behind two digests that differ). Writes a log of probe lines (one per result, read by tools/summarize_logs.py too) and a crossover plot
-under --out-dir.
+timer), and a digest of the run's Triton autotune picks (picks:, from its autotune_picks line;
+tools/compare_picks.py lists the kernels behind two digests that differ). Writes a log of probe lines (one per
+result, read by tools/summarize_logs.py too) and a crossover plot under --out-dir.
 
     python3 tools/bench_step_time.py [--models baseline,hybrid] [--seq-lens 8192,16384,32768] [--steps 12]
 
@@ -90,7 +90,8 @@ def gdn_path(gdn_line: str) -> str:
     custom op (v3: FLA's conv kernels; v4 on: our Triton kernels), +saved-state with GDN_SAVE_STATE, +saved-wv
     with GDN_SAVE_WV (v18), +state-chain with GDN_STATE_CHAIN=1 (v22; +state-chain-bwd with bwd), +segN with
     our chains in segments of N chunks (GDN_CHAIN_SEGMENT, v27), +wy with our WY backward (GDN_WY_BWD=1, v28),
-    +dqkwg with our dq/dk/dw/dg kernel (GDN_DQKWG=1, v29) and +fla-disk-picks where FLA's autotune picks came from Triton's disk cache (FLA_CACHE_RESULTS=1; before v24 every
+    +dqkwg with our dq/dk/dw/dg kernel (GDN_DQKWG=1, v29), +fwd-o with our output kernel (GDN_FWD_O=1, v30) and
+    +fla-disk-picks where FLA's autotune picks came from Triton's disk cache (FLA_CACHE_RESULTS=1; before v24 every
     run's, unlogged), so possibly from another shape."""
     if not gdn_line:
         return "-"
@@ -105,6 +106,7 @@ def gdn_path(gdn_line: str) -> str:
         gdn += f"+seg{m.group(1)}" if (m := re.search(r"in segments of (\d+) chunks", gdn_line)) else ""
         gdn += "+wy" if "WY backward: our kernel (GDN_WY_BWD=1)" in gdn_line else ""
         gdn += "+dqkwg" if "dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" in gdn_line else ""
+        gdn += "+fwd-o" if "output: our kernel (GDN_FWD_O=1)" in gdn_line else ""
         gdn += "+fla-disk-picks" if "FLA autotune picks from Triton's disk cache" in gdn_line else ""
     return gdn
 

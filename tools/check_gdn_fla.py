@@ -37,23 +37,29 @@ CHECK_SEGMENT = 3  # GDN_CHAIN_SEGMENT of the ...-seg paths: 11 segments at T = 
 
 
 @contextlib.contextmanager
-def state_flags(save_wv: bool, chain: tuple[str, int], wy: bool = False, dqkwg: bool = False):
-    """The state op's GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT, GDN_WY_BWD and GDN_DQKWG switches set for a
-    block."""
-    kept = gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_WY_BWD, gdn.GDN_DQKWG
-    gdn.GDN_SAVE_WV, (gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT), gdn.GDN_WY_BWD, gdn.GDN_DQKWG = \
-        save_wv, chain, wy, dqkwg
+def state_flags(save_wv: bool, chain: tuple[str, int], ours: tuple[str, ...] = ()):
+    """The state op's GDN_SAVE_WV, GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT switches set for a block, and of our kernels
+    those named in `ours` ("wy": GDN_WY_BWD, "dqkwg": GDN_DQKWG, "fwdo": GDN_FWD_O) on, the others off."""
+    names = ("GDN_SAVE_WV", "GDN_STATE_CHAIN", "GDN_CHAIN_SEGMENT", "GDN_WY_BWD", "GDN_DQKWG", "GDN_FWD_O")
+    kept = [getattr(gdn, n) for n in names]
+    for n, v in zip(names, (save_wv, *chain, "wy" in ours, "dqkwg" in ours, "fwdo" in ours)):
+        setattr(gdn, n, v)
     try:
         yield
     finally:
-        gdn.GDN_SAVE_WV, gdn.GDN_STATE_CHAIN, gdn.GDN_CHAIN_SEGMENT, gdn.GDN_WY_BWD, gdn.GDN_DQKWG = kept
+        for n, v in zip(names, kept):
+            setattr(gdn, n, v)
+
+
+def our_kernels(path: str) -> tuple[str, ...]:
+    """The kernels of ours a state-op path names at its end: -wy, -dqkwg, -fwdo (in that order)."""
+    return tuple(k for k in ("wy", "dqkwg", "fwdo") if f"-{k}-" in path + "-")
 
 
 def chain_setting(path: str) -> tuple[str, int]:
     """(GDN_STATE_CHAIN, GDN_CHAIN_SEGMENT) for a path named ...chain (1) or ...chain-bwd (bwd), 0 otherwise; with
-    ...-seg, its chains in segments of CHECK_SEGMENT chunks (a last -dqkwg, our dq/dk/dw/dg kernel, and -wy, our
-    WY backward, aside)."""
-    path = path.removesuffix("-dqkwg").removesuffix("-wy")
+    ...-seg, its chains in segments of CHECK_SEGMENT chunks (the kernels of ours named at its end aside)."""
+    path = path.removesuffix("-fwdo").removesuffix("-dqkwg").removesuffix("-wy")
     segment = CHECK_SEGMENT if path.endswith("-seg") else 0
     path = path.removesuffix("-seg")
     return ("bwd" if path.endswith("chain-bwd") else "1" if path.endswith("chain") else "0"), segment
@@ -125,11 +131,12 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
                       ("state-op-chain-seg", gdn.GDN_STATE_OP), ("state-op-chain-bwd-seg", gdn.GDN_STATE_OP),
                       ("state-op-wy", gdn.GDN_STATE_OP), ("state-op-chain-seg-wy", gdn.GDN_STATE_OP),
                       ("state-op-dqkwg", gdn.GDN_STATE_OP), ("state-op-chain-seg-wy-dqkwg", gdn.GDN_STATE_OP),
+                      ("state-op-fwdo", gdn.GDN_STATE_OP), ("state-op-chain-seg-wy-dqkwg-fwdo", gdn.GDN_STATE_OP),
                       ("public", None)):
         if path.startswith("state-op") and use is None:
             continue
         with gdn_op(use), state_flags(path != "state-op" and path.startswith("state-op"), chain_setting(path),
-                                      wy=path.removesuffix("-dqkwg").endswith("-wy"), dqkwg=path.endswith("-dqkwg")):
+                                      our_kernels(path)):
             o_f, g_f = by_path[path] = grads_of(fla, (q, k, v, g, b), do)
         rows += [(f"fla {path} vs ours", "o", rel(o_f, o_ref), TOL_BF16)]
         rows += [(f"fla {path} vs ours", f"d{n}", rel(x, y), TOL_BF16) for n, x, y in zip("qkvgb", g_f, g_ref)]
@@ -147,11 +154,14 @@ def check_op(B, T, H, dk, dv, with_recurrence, seed):
             rows += [(f"fla {path} vs state-op-wv", f"d{n}", rel(x, y), TOL_CHAIN)
                      for n, x, y in zip("qkvgb", g_c, g_w)]
         # our WY backward (GDN_WY_BWD): the forward untouched; dk rounded once, not twice
-        # and our dq/dk/dw/dg kernel (GDN_DQKWG): dq, dk rounded by another kernel
+        # and our dq/dk/dw/dg kernel (GDN_DQKWG): dq, dk rounded by another kernel; our output kernel (GDN_FWD_O):
+        # o rounded by another kernel, the backward untouched
         for path, base in (("state-op-wy", "state-op-wv"), ("state-op-chain-seg-wy", "state-op-chain-seg"),
-                           ("state-op-dqkwg", "state-op-wv"), ("state-op-chain-seg-wy-dqkwg", "state-op-chain-seg-wy")):
+                           ("state-op-dqkwg", "state-op-wv"), ("state-op-chain-seg-wy-dqkwg", "state-op-chain-seg-wy"),
+                           ("state-op-fwdo", "state-op-wv"),
+                           ("state-op-chain-seg-wy-dqkwg-fwdo", "state-op-chain-seg-wy-dqkwg")):
             (o_y, g_y), (o_b, g_b) = by_path[path], by_path[base]
-            rows += [(f"fla {path} vs {base}", "o", rel(o_y, o_b), 0.0)]
+            rows += [(f"fla {path} vs {base}", "o", rel(o_y, o_b), TOL_SAME if path.endswith("-fwdo") else 0.0)]
             rows += [(f"fla {path} vs {base}", f"d{n}", rel(x, y), TOL_SAME) for n, x, y in zip("qkvgb", g_y, g_b)]
     o_fla, g_fla = o_f, g_f
     if with_recurrence:
