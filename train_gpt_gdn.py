@@ -1310,6 +1310,22 @@ def build_wy_kernel() -> dict:
     return {"wy_bwd": wy_bwd, "kernels": {"wy_bwd": wy_bwd_kernel}}
 
 
+def launch_chunk_kernel(kernel, name: str, k: Tensor, v: Tensor, states: tuple[Tensor, ...], ieee: bool | None,
+                        *args) -> None:
+    """Launch one of our per-chunk GDN kernels (build_dqkwg_kernel, build_fwd_o_kernel) over (64-row chunks,
+    sequence x head) after checking what they assume: one key tile (K <= 64) and one (K, V) state per chunk in
+    each of `states`. args: the kernel's tensors and scale; T and the head sizes are added. ieee: fp32 products
+    (default for fp32 inputs and under Triton's interpreter)."""
+    B, T, H, K = k.shape
+    V, BT, NT = v.size(-1), 64, -(-k.size(1) // 64)
+    if K > 64 or any(tuple(s.shape) != (B, NT, H, K, V) for s in states):
+        raise ValueError(f"{name}: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, states "
+                         f"{[tuple(s.shape) for s in states]}")
+    if ieee is None:
+        ieee = k.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
+    kernel[(NT, B * H)](*args, T, H=H, K=K, V=V, BT=BT, BK=max(16, 1 << (K - 1).bit_length()), IEEE=ieee)
+
+
 def build_dqkwg_kernel() -> dict:
     """Our Triton kernel for FLA's chunk_bwd_dqkwg (GDN_DQKWG=1, v29 candidate): the gradients of q, k, w and g
     through one chunk's output o = scale (2^g q) h + scale (causal(q k^T) 2^(g_i - g_j)) v_new, the state it passes
@@ -1395,24 +1411,16 @@ def build_dqkwg_kernel() -> dict:
         tl.store(dk + row0 * K + ok, dk_acc.to(dk.dtype.element_ty), mask=mtk)
         tl.store(dg + row0 + c * H, dg_row, mask=mt)
 
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-
     def dqkwg(q: Tensor, k: Tensor, v_new: Tensor, g: Tensor, h: Tensor, do: Tensor, dh: Tensor, dv: Tensor,
               scale: float, ieee: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(dq, dk, dw, dg) as FLA's chunk_bwd_dqkwg(q, k, v_new, do, h, dh, w, g, dv=dv, scale=scale) returns
         them: dq, dk, dw in q's / k's dtype, dg fp32 per row before the reverse chunk cumsum. g: fp32 (B, T, H)
-        chunk-local cumulative log2 decay; h, dh: (B, T/64, H, K, V). ieee as in build_wy_kernel's wy_bwd."""
+        chunk-local cumulative log2 decay; h, dh: (B, T/64, H, K, V). ieee: as launch_chunk_kernel's."""
         q, k, v_new, g, h, do, dh, dv = (t.contiguous() for t in (q, k, v_new, g, h, do, dh, dv))
-        B, T, H, K = k.shape
-        V, BT = v_new.size(-1), 64
-        if K > 64 or tuple(h.shape) != (B, triton.cdiv(T, BT), H, K, V) or dh.shape != h.shape:
-            raise ValueError(f"dqkwg: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, h {tuple(h.shape)}, "
-                             f"dh {tuple(dh.shape)}")
         dq, dk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
-        dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
-        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
-        dqkwg_kernel[(triton.cdiv(T, BT), B * H)](q, k, v_new, g, h, do, dh, dv, dq, dk, dw, dg, scale, T, H=H, K=K,
-                                                  V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        dg = torch.empty(k.shape[:3], device=k.device, dtype=torch.float32)
+        launch_chunk_kernel(dqkwg_kernel, "dqkwg", k, v_new, (h, dh), ieee,
+                            q, k, v_new, g, h, do, dh, dv, dq, dk, dw, dg, scale)
         return dq, dk, dw, dg
 
     return {"dqkwg": dqkwg, "kernels": {"dqkwg": dqkwg_kernel}}
@@ -1466,21 +1474,13 @@ def build_fwd_o_kernel() -> dict:
                 acc = tl.dot(P.to(b_v.dtype), b_v, acc)
             tl.store(o + row0 * V + ov, acc.to(o.dtype.element_ty), mask=mtv)
 
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-
     def fwd_o(q: Tensor, k: Tensor, v_new: Tensor, h: Tensor, g: Tensor, scale: float,
               ieee: bool | None = None) -> Tensor:
         """o as FLA's chunk_fwd_o(q, k, v_new, h, g, scale) returns it (v_new's dtype). g: fp32 (B, T, H) chunk-local
-        cumulative log2 decay; h: (B, T/64, H, K, V), the states entering the chunks. ieee as in wy_bwd's."""
+        cumulative log2 decay; h: (B, T/64, H, K, V), the states entering the chunks. ieee: as launch_chunk_kernel's."""
         q, k, v_new, h, g = (t.contiguous() for t in (q, k, v_new, h, g))
-        B, T, H, K = k.shape
-        V, BT = v_new.size(-1), 64
-        if K > 64 or tuple(h.shape) != (B, triton.cdiv(T, BT), H, K, V):
-            raise ValueError(f"fwd_o: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, h {tuple(h.shape)}")
         o = torch.empty_like(v_new)
-        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
-        fwd_o_kernel[(triton.cdiv(T, BT), B * H)](q, k, v_new, h, g, o, scale, T, H=H, K=K, V=V, BT=BT,
-                                                  BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        launch_chunk_kernel(fwd_o_kernel, "fwd_o", k, v_new, (h,), ieee, q, k, v_new, h, g, o, scale)
         return o
 
     return {"fwd_o": fwd_o, "kernels": {"fwd_o": fwd_o_kernel}}
