@@ -1459,6 +1459,8 @@ def build_fwd_o_kernel() -> dict:
         else:
             qk = tl.dot(b_q, tl.trans(b_k))
         P = tl.where(causal, qk * tl.exp2(b_g[:, None] - b_g[None, :]), 0.0) * scale
+        if not IEEE:
+            P = P.to(v.dtype.element_ty)  # once, not once a value tile
         qscale = tl.exp2(b_g) * scale
         for i_v in range(tl.cdiv(V, BV)):
             vv = i_v * BV + tl.arange(0, BV)
@@ -1471,7 +1473,7 @@ def build_fwd_o_kernel() -> dict:
                 acc += tl.dot(P, b_v.to(tl.float32), input_precision="ieee")
             else:
                 acc = tl.dot(b_q, b_h.to(b_q.dtype)) * qscale[:, None]
-                acc = tl.dot(P.to(b_v.dtype), b_v, acc)
+                acc = tl.dot(P, b_v, acc)
             tl.store(o + row0 * V + ov, acc.to(o.dtype.element_ty), mask=mtv)
 
     def fwd_o(q: Tensor, k: Tensor, v_new: Tensor, h: Tensor, g: Tensor, scale: float,
