@@ -1182,6 +1182,23 @@ def build_state_kernels() -> dict:
                         "epilogue": epilogue_kernel}}
 
 
+def launch_chunk_kernel(kernel, name: str, k: Tensor, v: Tensor, states: tuple[Tensor, ...], ieee: bool | None,
+                        *args) -> None:
+    """Launch one of our per-chunk GDN kernels (build_wy_kernel, build_dqkwg_kernel, build_fwd_o_kernel) over
+    (64-row chunks, sequence x head) after checking what they assume: one key tile (K <= 64) and one (K, V) state
+    per chunk in each of `states`. args: the kernel's tensors (and scale); T and the head sizes are added. ieee:
+    fp32 products (default for fp32 inputs and under Triton's interpreter); False runs the bf16 path's code on any
+    dtype (the tests, on fp32 under the interpreter)."""
+    B, T, H, K = k.shape
+    V, BT, NT = v.size(-1), 64, -(-k.size(1) // 64)
+    if K > 64 or any(tuple(s.shape) != (B, NT, H, K, V) for s in states):
+        raise ValueError(f"{name}: needs K <= 64" + (" and states (B, T/64, H, K, V)" if states else "") +
+                         f", got K={K}" + (f", states {[tuple(s.shape) for s in states]}" if states else ""))
+    if ieee is None:
+        ieee = k.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
+    kernel[(NT, B * H)](*args, T, H=H, K=K, V=V, BT=BT, BK=max(16, 1 << (K - 1).bit_length()), IEEE=ieee)
+
+
 def build_wy_kernel() -> dict:
     """Our Triton kernel for the backward of FLA's WY representation (its prepare_wy_repr_bwd), with the state op's
     tail folded in (GDN_WY_BWD=1, v28 candidate). Per chunk of 64 rows, FLA's forward has
@@ -1287,43 +1304,21 @@ def build_wy_kernel() -> dict:
         dg_rev = tl.sum(tl.where(c[None, :] >= c[:, None], dg_acc[None, :], 0.0), 1)  # row i: rows i.. of its chunk
         tl.store(dg + row0 + c * H, dg_rev.to(dg.dtype.element_ty), mask=mt)
 
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-
     def wy_bwd(k: Tensor, v: Tensor, beta: Tensor, g: Tensor, A: Tensor, dw: Tensor, du: Tensor, dk_in: Tensor,
                dg_in: Tensor, ieee: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(dk, dv, dbeta, dg): dk = dk_in + the WY part, in k's dtype; dv like v; dbeta like beta; dg fp32, the
         reverse chunk-local cumsum of dg_in + the WY part. g: fp32 (B, T, H) chunk-local cumulative log2 decay; A:
-        (B, T, H, 64) as FLA's forward stores it. ieee: fp32 products (default: for fp32 inputs and under the
-        interpreter); False runs the bf16 path's code on any dtype (the tests, on fp32 under the interpreter)."""
+        (B, T, H, 64) as FLA's forward stores it. ieee: as launch_chunk_kernel's."""
         k, v, beta, g, A, dw, du, dk_in, dg_in = (t.contiguous() for t in (k, v, beta, g, A, dw, du, dk_in, dg_in))
-        B, T, H, K = k.shape
-        V, BT = v.size(-1), A.size(-1)
-        if K > 64 or BT != 64:
-            raise ValueError(f"wy_bwd: needs K <= 64 and 64-row chunks, got K={K}, chunk {BT}")
+        if A.size(-1) != 64:
+            raise ValueError(f"wy_bwd: needs 64-row chunks, got A with {A.size(-1)} columns")
         dk, dv, db = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
-        dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
-        ieee = (k.dtype == torch.float32 or interpreted) if ieee is None else ieee
-        wy_bwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, g, A, dw, du, dk_in, dg_in, dk, dv, db, dg, T, H=H, K=K,
-                                                   V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), IEEE=ieee)
+        dg = torch.empty(k.shape[:3], device=k.device, dtype=torch.float32)
+        launch_chunk_kernel(wy_bwd_kernel, "wy_bwd", k, v, (), ieee, k, v, beta, g, A, dw, du, dk_in, dg_in, dk, dv,
+                            db, dg)
         return dk, dv, db, dg
 
     return {"wy_bwd": wy_bwd, "kernels": {"wy_bwd": wy_bwd_kernel}}
-
-
-def launch_chunk_kernel(kernel, name: str, k: Tensor, v: Tensor, states: tuple[Tensor, ...], ieee: bool | None,
-                        *args) -> None:
-    """Launch one of our per-chunk GDN kernels (build_dqkwg_kernel, build_fwd_o_kernel) over (64-row chunks,
-    sequence x head) after checking what they assume: one key tile (K <= 64) and one (K, V) state per chunk in
-    each of `states`. args: the kernel's tensors and scale; T and the head sizes are added. ieee: fp32 products
-    (default for fp32 inputs and under Triton's interpreter)."""
-    B, T, H, K = k.shape
-    V, BT, NT = v.size(-1), 64, -(-k.size(1) // 64)
-    if K > 64 or any(tuple(s.shape) != (B, NT, H, K, V) for s in states):
-        raise ValueError(f"{name}: needs K <= 64 and states (B, T/64, H, K, V), got K={K}, states "
-                         f"{[tuple(s.shape) for s in states]}")
-    if ieee is None:
-        ieee = k.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
-    kernel[(NT, B * H)](*args, T, H=H, K=K, V=V, BT=BT, BK=max(16, 1 << (K - 1).bit_length()), IEEE=ieee)
 
 
 def build_dqkwg_kernel() -> dict:
@@ -1612,6 +1607,9 @@ GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN
 GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD=1)
 GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG=1)
 GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O=1)
+# the opt-in kernels of ours inside the state op (one key tile each), in the order of the three flags above, as the
+# GDN log line names them
+OUR_KERNELS = {"GDN_WY_BWD": "WY backward", "GDN_DQKWG": "dq/dk/dw/dg backward", "GDN_FWD_O": "output"}
 
 
 CHAIN_SEGMENT_AUTO = (32768, 32)  # GDN_CHAIN_SEGMENT=auto: from this sequence length, segments of this many chunks
@@ -1988,12 +1986,10 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                              }[GDN_STATE_CHAIN]  # the settings as resolved (auto's choice), read by the bench tools
                     if GDN_CHAIN_SEGMENT:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
-                    GDN_WY_BWD = args.gdn_wy_bwd == "1" and dk <= 64  # one key tile (build_wy_kernel)
-                    note += "; WY backward: our kernel (GDN_WY_BWD=1)" if GDN_WY_BWD else ""
-                    GDN_DQKWG = args.gdn_dqkwg == "1" and dk <= 64  # one key tile (build_dqkwg_kernel)
-                    note += "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" if GDN_DQKWG else ""
-                    GDN_FWD_O = args.gdn_fwd_o == "1" and dk <= 64  # one key tile (build_fwd_o_kernel)
-                    note += "; output: our kernel (GDN_FWD_O=1)" if GDN_FWD_O else ""
+                    on = [getattr(args, s.lower()) == "1" and dk <= 64 for s in OUR_KERNELS]  # one key tile each
+                    GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = on
+                    note += "".join(f"; {what}: our kernel ({s}=1)" for (s, what), o in zip(OUR_KERNELS.items(), on)
+                                    if o)
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
@@ -2026,21 +2022,12 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                           f"run has none (GDN_STATE_CHAIN={args.gdn_state_chain} resolved to {GDN_STATE_CHAIN}, "
                           f"GDN_IMPL={args.gdn_impl}, GDN_SAVE_STATE={args.gdn_save_state}); "
                           f"use GDN_CHAIN_SEGMENT=auto or 0")
-    if args.gdn_wy_bwd == "1" and not GDN_WY_BWD:
-        raise ConfigError(f"GDN_WY_BWD=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
-                          f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
-                          f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
-                          f"{', no GDN layers' if not gdn else ''}; use GDN_WY_BWD=0")
-    if args.gdn_dqkwg == "1" and not GDN_DQKWG:
-        raise ConfigError(f"GDN_DQKWG=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
-                          f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
-                          f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
-                          f"{', no GDN layers' if not gdn else ''}; use GDN_DQKWG=0")
-    if args.gdn_fwd_o == "1" and not GDN_FWD_O:
-        raise ConfigError(f"GDN_FWD_O=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
-                          f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
-                          f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
-                          f"{', no GDN layers' if not gdn else ''}; use GDN_FWD_O=0")
+    for s, on in zip(OUR_KERNELS, (GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O)):
+        if getattr(args, s.lower()) == "1" and not on:
+            raise ConfigError(f"{s}=1: needs the state-saving op (GDN_SAVE_STATE auto or 1 with FLA's kernels) "
+                              f"and GDN key head dims <= 64, but this run has GDN_IMPL={args.gdn_impl}, "
+                              f"GDN_SAVE_STATE={args.gdn_save_state}, key head dim {dk}"
+                              f"{', no GDN layers' if not gdn else ''}; use {s}=0")
     if args.gdn_save_state == "1" and want != "fla":
         raise ConfigError(f"GDN_SAVE_STATE=1: applies to FLA's kernels (GDN_IMPL=fla on CUDA with fla-core), but "
                           f"this run's GDN path is our PyTorch form (GDN_IMPL={args.gdn_impl}"

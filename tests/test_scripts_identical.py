@@ -17,7 +17,7 @@ GDN_SECTION = {"parse_gdn_layers", "gdn_dims", "l2_normalize", "gated_delta_rule
                "register_conv_op", "CONV_OP", "conv1d_silu", "causal_conv1d_silu", "GatedDeltaNet",
                "triton_breaks_hopper_gdn", "build_state_kernels", "build_wy_kernel", "register_fla_gdn_state_op",
                "GDN_STATE_OP", "GDN_SAVE_WV", "GDN_STATE_CHAIN", "GDN_CHAIN_SEGMENT", "GDN_WY_BWD", "GDN_DQKWG", "build_dqkwg_kernel",
-               "GDN_FWD_O", "build_fwd_o_kernel", "launch_chunk_kernel",
+               "GDN_FWD_O", "build_fwd_o_kernel", "launch_chunk_kernel", "OUR_KERNELS",
                "CHAIN_SEGMENT_AUTO", "state_chain_choice",
                "fla_signature_problem", "widen_recurrence_tiles", "fla_recurrence_programs", "import_fla"}
 

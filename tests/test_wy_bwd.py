@@ -126,7 +126,7 @@ BENCH = INTERP_PATCHES + textwrap.dedent("""
     configs = tuner.configs
     tuner.configs = configs[:2]  # the interpreter runs a config in minutes: two of them show the loop
     per_config = bench.each_config(tuner, lambda: wy.wy_bwd(**x))
-    assert [n for n, _ in per_config] == [bench.config_name(c) for c in configs[:2]]
+    assert [n for n, _ in per_config] == [wy.script.config_name(c) for c in configs[:2]]
     assert tuner.configs == configs[:2]  # restored
     assert all(rel(o, f) < 1e-5 for _, outs in per_config for o, f in zip(outs, fla))
     tuner.configs = configs

@@ -70,7 +70,6 @@ for ((rep = 1; rep <= REPEAT; rep++)); do  # even rounds in reverse order: a dri
   for item in "${order[@]}"; do run_item "$item" "$rep"; done
 done
 # runs of one code can pick different autotune configs: which kernels differed, where the runs logged picks
-if grep -ql "^autotune_picks" "$OUT"/logs/*.txt 2>/dev/null; then
-  python3 tools/compare_picks.py $(grep -l "^autotune_picks" "$OUT"/logs/*.txt) | tee "$OUT/picks.txt"
-fi
+mapfile -t picked < <(grep -l "^autotune_picks" "$OUT"/logs/*.txt 2>/dev/null)
+if [ ${#picked[@]} -gt 0 ]; then python3 tools/compare_picks.py "${picked[@]}" | tee "$OUT/picks.txt"; fi
 touch "$OUT/DONE"

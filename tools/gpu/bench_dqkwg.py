@@ -19,11 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, kernel_bench_args, kernel_bench_header,  # noqa: E402
-                                              kernel_bench_parser, pick_at_this_shape, print_reference_check,
-                                              warm_cold_ms)
-from tools.gpu.bench_wy_bwd import each_config  # noqa: E402
+from tools.checks import graph_ms  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import C, DK, DV, H, bench_ours_vs_fla  # noqa: E402
 
 NAMES = ("dq", "dk", "dw", "dg")
 
@@ -48,39 +45,7 @@ def make_inputs(B: int, T: int, seed: int, device: str = "cuda",
 
 def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, timer=graph_ms) -> int:
     """The bench (device, dtype and timer other than the defaults only for its CPU test)."""
-    a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(__doc__), argv)
-    if not kernel_bench_header("bench_dqkwg", a, device):
-        return 2
-    fla_tuned_per_process()
-    from tools.kernels import dqkwg as dq
-    x = make_inputs(B, T, a.seed, device, dtype)
-    ref = dq.reference(**{n: (t.cpu() if torch.is_tensor(t) else t) for n, t in x.items()})
-    print_reference_check(B, T, NAMES, dq.dqkwg(**x), dq.fla_path(**x), ref)
-    flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
-    flush_ms = timer(flush.zero_, iters=a.iters)
-    tuner = dq.kernels["dqkwg"]
-    rows = []
-    for B, T in shapes:
-        x = make_inputs(B, T, a.seed, device, dtype)
-        f_out = dq.fla_path(**x)
-        for name, outs in each_config(tuner, lambda: dq.dqkwg(**x)):
-            e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
-            print(f"dqkwg_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
-                  f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
-        o_out, pick = pick_at_this_shape(tuner, lambda: dq.dqkwg(**x))  # after each_config: the pick timed below
-        errs = [rel(o.float(), f.float()) for o, f in zip(o_out, f_out)]
-        fla_call, our_call = (lambda: dq.fla_path(**x)), (lambda: dq.dqkwg(**x))
-        f_ms, f_cold = warm_cold_ms(timer, fla_call, flush, flush_ms, a.iters)
-        o_ms, o_cold = warm_cold_ms(timer, our_call, flush, flush_ms, a.iters)
-        rows.append((B, T, f_ms, o_ms, f_cold, o_cold, errs, pick))
-        print(f"{B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla {f_cold:.3f}, "
-              f"ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
-              f"{' '.join(f'{n} {e:.1e}' for n, e in zip(NAMES, errs))}; our pick {pick}", flush=True)
-    for B, T, f_ms, o_ms, f_cold, o_cold, errs, pick in rows:
-        print(f"dqkwg shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} ratio:{o_ms / f_ms:.4f} "
-              f"fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} cold_ratio:{o_cold / f_cold:.4f} "
-              f"max_rel_diff:{max(errs):.3e} ours_pick:{pick}")
-    return 0
+    return bench_ours_vs_fla("dqkwg", NAMES, make_inputs, __doc__, argv, device, dtype, timer)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,66 @@ def pick_at_this_shape(tuner, call):
     return out, config_name(tuner.best_config)
 
 
+def each_config(tuner, call):
+    """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
+    (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
+    autotuner does not pick it at the shapes timed, though a run at another shape might."""
+    kept = tuner.configs
+    try:
+        out = []
+        for cfg in kept:
+            tuner.configs = [cfg]
+            tuner.cache.clear()
+            out.append((config_name(cfg), call()))
+        return out
+    finally:
+        tuner.configs = kept
+        tuner.cache.clear()
+
+
+def bench_ours_vs_fla(kernel: str, names: tuple[str, ...], make_inputs, doc: str, argv, device: str,
+                      dtype: torch.dtype, timer) -> int:
+    """main() of a bench of one of our kernels, tools/kernels/KERNEL.py's KERNEL(), against its fla_path() with
+    the same inputs (bench_dqkwg.py, bench_fwd_o.py): on --reference-shape both against its float64 reference();
+    then at each shape every config of ours against FLA's outputs (`KERNEL_config` lines), the pick the timing uses,
+    warm and cold ms per call and the ratios (`KERNEL shape:` lines, last)."""
+    import importlib
+    a, shapes, (B, T) = kernel_bench_args(kernel_bench_parser(doc), argv)
+    if not kernel_bench_header(f"bench_{kernel}", a, device):
+        return 2
+    mod = importlib.import_module(f"tools.kernels.{kernel}")
+    tuner = mod.kernels[kernel]
+    ours = lambda **x: getattr(mod, kernel)(**x)  # noqa: E731
+    as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+    x = make_inputs(B, T, a.seed, device, dtype)
+    ref = mod.reference(**{n: (t.cpu() if torch.is_tensor(t) else t) for n, t in x.items()})
+    print_reference_check(B, T, names, as_tuple(ours(**x)), as_tuple(mod.fla_path(**x)), as_tuple(ref))
+    flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
+    flush_ms = timer(flush.zero_, iters=a.iters)
+    rows = []
+    for B, T in shapes:
+        x = make_inputs(B, T, a.seed, device, dtype)
+        f_out = as_tuple(mod.fla_path(**x))
+        diffs = lambda outs: [rel(o.float(), f.float()) for o, f in zip(as_tuple(outs), f_out)]  # noqa: E731
+        for name, outs in each_config(tuner, lambda: ours(**x)):
+            e = diffs(outs)
+            print(f"{kernel}_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
+                  f"({' '.join(f'{n} {v:.1e}' for n, v in zip(names, e))})", flush=True)
+        o_out, pick = pick_at_this_shape(tuner, lambda: ours(**x))  # after each_config: the pick timed below
+        errs = diffs(o_out)
+        f_ms, f_cold = warm_cold_ms(timer, lambda: mod.fla_path(**x), flush, flush_ms, a.iters)
+        o_ms, o_cold = warm_cold_ms(timer, lambda: ours(**x), flush, flush_ms, a.iters)
+        rows.append((B, T, f_ms, o_ms, f_cold, o_cold, errs, pick))
+        print(f"{B}x{T}: fla {f_ms:.3f} ms, ours {o_ms:.3f} ms ({o_ms / f_ms:.3f}x); cold L2: fla {f_cold:.3f}, "
+              f"ours {o_cold:.3f} ({o_cold / f_cold:.3f}x); rel diff "
+              f"{' '.join(f'{n} {e:.1e}' for n, e in zip(names, errs))}; our pick {pick}", flush=True)
+    for B, T, f_ms, o_ms, f_cold, o_cold, errs, pick in rows:
+        print(f"{kernel} shape:{B}x{T} fla_ms:{f_ms:.4f} ours_ms:{o_ms:.4f} ratio:{o_ms / f_ms:.4f} "
+              f"fla_cold_ms:{f_cold:.4f} ours_cold_ms:{o_cold:.4f} cold_ratio:{o_cold / f_cold:.4f} "
+              f"max_rel_diff:{max(errs):.3e} ours_pick:{pick}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="2x32768,3x16384,6x8192")

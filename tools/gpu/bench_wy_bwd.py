@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, config_name, kernel_bench_args,  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, each_config, kernel_bench_args,  # noqa: E402
                                               kernel_bench_header, kernel_bench_parser, pick_at_this_shape,
                                               print_reference_check, warm_cold_ms)
 
@@ -46,23 +46,6 @@ def make_inputs(B: int, T: int, seed: int, device: str = "cuda",
     rnd = lambda *s: torch.randn(*s, device=device, generator=gen)  # noqa: E731
     return dict(k=k, v=v, beta=beta, g=g, A=A, dw=rnd(B, T, H, DK).to(dtype), du=rnd(B, T, H, DV).to(dtype),
                 dk_in=rnd(B, T, H, DK).to(dtype), dg_in=rnd(B, T, H))
-
-
-def each_config(tuner, call):
-    """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
-    (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
-    autotuner does not pick it at the shapes timed, though a run at another shape might."""
-    kept = tuner.configs
-    try:
-        out = []
-        for cfg in kept:
-            tuner.configs = [cfg]
-            tuner.cache.clear()
-            out.append((config_name(cfg), call()))
-        return out
-    finally:
-        tuner.configs = kept
-        tuner.cache.clear()
 
 
 def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, timer=graph_ms) -> int:
