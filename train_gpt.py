@@ -918,7 +918,8 @@ def autotune_picks() -> str:
     picks = set()
     with warnings.catch_warnings():  # isinstance on some of torch's deprecated objects warns
         warnings.simplefilter("ignore")
-        tuners = [o for o in gc.get_objects() if isinstance(o, Autotuner)]
+        # type(o), not isinstance(o, ...): isinstance on a dead weakref.proxy raises ReferenceError (first H200 run)
+        tuners = [o for o in gc.get_objects() if issubclass(type(o), Autotuner)]
     for tuner in tuners:  # cache: key -> pick, for lists of several configs; best_config: set by every launch
         chosen = list(tuner.cache.values()) or [c for c in [getattr(tuner, "best_config", None)] if c is not None]
         if chosen:

@@ -37,7 +37,12 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
         raise SystemExit("K=80 accepted")
     except ValueError as e:
         assert "needs K <= 64" in str(e) and "K=80" in str(e), e
-    # the training log's autotune_picks line: both kernels that ran, each with a pick from its own config list
+    # the training log's autotune_picks line: both kernels that ran, each with a pick from its own config list;
+    # a dead weakref.proxy among the process's objects (as on the H200, where isinstance on one raised
+    # ReferenceError and ended the run after its timed steps) is passed over
+    import weakref
+    class Gone: pass
+    gone = Gone(); dead = [weakref.proxy(gone)]; del gone
     picks = dict(p.split("=", 1) for p in wy.script.autotune_picks().split())
     ours = [wy.script.config_name(c) for c in wy.kernels["wy_bwd"].configs]
     print("picks:", picks)
