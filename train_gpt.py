@@ -138,8 +138,8 @@ class Hyperparameters:
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
-        self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "0", ("0", "1"))  # our WY backward kernel (v28 candidate)
-        self.gdn_dqkwg = env_choice("GDN_DQKWG", "0", ("0", "1"))  # our dq/dk/dw/dg kernel (v29 candidate)
+        self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "auto", ("auto", "0", "1"))  # our WY backward kernel (v28)
+        self.gdn_dqkwg = env_choice("GDN_DQKWG", "auto", ("auto", "0", "1"))  # our dq/dk/dw/dg kernel (v29)
         self.gdn_fwd_o = env_choice("GDN_FWD_O", "0", ("0", "1"))  # our chunk output kernel (v30 candidate)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)

@@ -144,8 +144,8 @@ class Hyperparameters:
         self.gdn_save_wv = env_choice("GDN_SAVE_WV", "auto", ("auto", "0", "1"))  # with h: w, v_new too
         self.gdn_state_chain = env_choice("GDN_STATE_CHAIN", "auto", ("auto", "0", "1", "bwd"))  # our recurrences
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
-        self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "0", ("0", "1"))  # our WY backward kernel (v28 candidate)
-        self.gdn_dqkwg = env_choice("GDN_DQKWG", "0", ("0", "1"))  # our dq/dk/dw/dg kernel (v29 candidate)
+        self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "auto", ("auto", "0", "1"))  # our WY backward kernel (v28)
+        self.gdn_dqkwg = env_choice("GDN_DQKWG", "auto", ("auto", "0", "1"))  # our dq/dk/dw/dg kernel (v29)
         self.gdn_fwd_o = env_choice("GDN_FWD_O", "0", ("0", "1"))  # our chunk output kernel (v30 candidate)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
@@ -1953,21 +1953,22 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
         if fla_error is not None and want == "fla":
             raise ConfigError(f"GDN_IMPL=fla: {fla_error}")
         if fla_error is None:
-            broken = triton_breaks_hopper_gdn(device)
+            broken, no_tilelang = triton_breaks_hopper_gdn(device), ""
             note = f"fla-core {fla.__version__} chunk_gated_delta_rule"
             if broken:
                 try:
                     import tilelang  # noqa: F401
                     note += f" (TileLang backward: {broken} is in the broken range)"
                 except Exception:
-                    # GDN_DQKWG=1 replaces the one kernel FLA sends to TileLang; it needs the state op, whose
-                    # absence is refused below (never FLA's own backward on this host)
-                    if args.gdn_dqkwg != "1" or args.gdn_save_state == "0":
-                        raise ConfigError(
-                            f"GDN_IMPL={want}: {broken} gives wrong GDN gradients in FLA's Triton backward (FLA "
-                            "issue 640) and TileLang is not installed; install tilelang (see README) or set "
-                            "GDN_IMPL=torch") from None
-                    note += f" ({broken} is in the broken range; TileLang not installed, not needed with GDN_DQKWG=1)"
+                    # our dq/dk/dw/dg kernel (GDN_DQKWG) replaces the one kernel FLA sends to TileLang; it needs the
+                    # state op, whose absence is refused below (never FLA's own backward on this host)
+                    no_tilelang = (f"GDN_IMPL={want}: {broken} gives wrong GDN gradients in FLA's Triton backward "
+                                   "(FLA issue 640) and TileLang is not installed; install tilelang (see README) or "
+                                   "set GDN_IMPL=torch")
+                    if args.gdn_dqkwg == "0" or args.gdn_save_state == "0" or dk > 64:
+                        raise ConfigError(no_tilelang) from None
+                    note += (f" ({broken} is in the broken range; TileLang not installed, not needed with our "
+                             f"dq/dk/dw/dg kernel)")
             want = "fla"
             why = register_fla_gdn_op()
             note += " as one torch custom op (whole-model compile graph)" if why is None else \
@@ -1986,15 +1987,23 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                              }[GDN_STATE_CHAIN]  # the settings as resolved (auto's choice), read by the bench tools
                     if GDN_CHAIN_SEGMENT:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
-                    on = [getattr(args, s.lower()) == "1" and dk <= 64 for s in OUR_KERNELS]  # one key tile each
+                    # auto: ours where they apply (one key tile each); v29: WY + dq/dk/dw/dg steps 0.984x at 32k
+                    on = [getattr(args, s.lower()) != "0" and dk <= 64 for s in OUR_KERNELS]
+                    if on[2]:
+                        raise ConfigError("GDN_FWD_O=1: our output kernel hit an illegal memory access on an H200 with "
+                                          "Triton 3.6.0 in its bench (twenty-ninth session, PERF_NOTES v30), refused "
+                                          "until that is found; use GDN_FWD_O=0")
                     GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = on
-                    note += "".join(f"; {what}: our kernel ({s}=1)" for (s, what), o in zip(OUR_KERNELS.items(), on)
-                                    if o)
+                    note += "".join(f"; {what}: our kernel ({s}={getattr(args, s.lower())})"
+                                    for (s, what), o in zip(OUR_KERNELS.items(), on) if o)
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
                 else:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
+            if no_tilelang and not GDN_DQKWG:  # GDN_DQKWG auto, but the state op did not register
+                raise ConfigError(f"{no_tilelang} (our dq/dk/dw/dg kernel, which replaces TileLang's, needs the "
+                                  f"state-saving op, not registered here)")
             programs = fla_recurrence_programs(args)
             # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x (not with v22's chain)
             if programs < 64 and GDN_STATE_CHAIN != "1":

@@ -740,47 +740,63 @@ def test_state_op_backward_uses_saved_states(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
 
 
-@pytest.mark.parametrize("state", ["auto", "0"])
-@pytest.mark.parametrize("setting,flag,note", [
-    ("GDN_WY_BWD", "GDN_WY_BWD", "; WY backward: our kernel (GDN_WY_BWD=1)"),  # v28 candidate
-    ("GDN_DQKWG", "GDN_DQKWG", "; dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)"),  # v29 candidate
-    ("GDN_FWD_O", "GDN_FWD_O", "; output: our kernel (GDN_FWD_O=1)"),  # v30 candidate
-])
-def test_our_backward_kernel_selection_on_fla_host(clean_env, state, setting, flag, note):
-    """GDN_WY_BWD=1 / GDN_DQKWG=1 / GDN_FWD_O=1 run our kernel inside the state-saving op and the GDN line says
-    so; 0, the default, keeps FLA's. Without the state op (GDN_SAVE_STATE=0) or beyond one key tile (dk > 64) they are refused,
-    not ignored, and the error names the setting and the way out."""
+@pytest.mark.parametrize("setting,what", [("GDN_WY_BWD", "WY backward"),  # v28
+                                          ("GDN_DQKWG", "dq/dk/dw/dg backward")])  # v29
+def test_our_backward_kernels_on_by_default_on_fla_host(clean_env, setting, what):
+    """GDN_WY_BWD / GDN_DQKWG: auto (the default, since v29's A/B) and 1 run our kernel inside the state-saving op
+    and the GDN line says so with the setting; 0 keeps FLA's. Where they cannot apply (no state op: GDN_SAVE_STATE=0,
+    or beyond one key tile: dk > 64) auto falls back to FLA's kernel and 1 is refused, not ignored, with an error
+    that names the setting and the way out."""
     fake_fla_host(clean_env, None)
-    assert getattr(small_args(clean_env), setting.lower()) == "0"
-    lines = gdn.prepare_mixers(small_args(clean_env, GDN_SAVE_STATE=state), torch.device("cuda"))
-    assert getattr(gdn, flag) is False and note not in lines[2]
-    args = small_args(clean_env, GDN_SAVE_STATE=state, **{setting: "1"})
-    if state == "0":
-        with pytest.raises(gdn.ConfigError, match=f"{setting}=1: needs the state-saving op.*GDN_SAVE_STATE=0.*"
-                                                  f"use {setting}=0"):
-            gdn.prepare_mixers(args, torch.device("cuda"))
-    else:
-        lines = gdn.prepare_mixers(args, torch.device("cuda"))
-        assert getattr(gdn, flag) is True and note in lines[2]
-        wide = small_args(clean_env, GDN_HEAD_DIM_RATIO="5.0", **{setting: "1"})  # dk = 80
-        with pytest.raises(gdn.ConfigError, match=f"{setting}=1: .*key head dim 80"):
-            gdn.prepare_mixers(wide, torch.device("cuda"))
-    assert getattr(gdn, flag) is False  # reset by each call
+    assert getattr(small_args(clean_env), setting.lower()) == "auto"
+    for value in ("auto", "1"):
+        lines = gdn.prepare_mixers(small_args(clean_env, **{setting: value}), torch.device("cuda"))
+        assert getattr(gdn, setting) is True and f"; {what}: our kernel ({setting}={value})" in lines[2]
+    lines = gdn.prepare_mixers(small_args(clean_env, **{setting: "0"}), torch.device("cuda"))
+    assert getattr(gdn, setting) is False and f"{what}: our kernel" not in lines[2]
+    for env, why in ((dict(GDN_SAVE_STATE="0", GDN_HEAD_DIM_RATIO="0.75"), "needs the state-saving op.*SAVE_STATE=0"),
+                     (dict(GDN_SAVE_STATE="auto", GDN_HEAD_DIM_RATIO="5.0"), "key head dim 80")):  # dk = 80
+        lines = gdn.prepare_mixers(small_args(clean_env, **env, **{setting: "auto"}), torch.device("cuda"))
+        assert getattr(gdn, setting) is False and f"{what}: our kernel" not in lines[2]
+        with pytest.raises(gdn.ConfigError, match=f"{setting}=1: .*{why}.*use {setting}=0"):
+            gdn.prepare_mixers(small_args(clean_env, **env, **{setting: "1"}), torch.device("cuda"))
+    assert getattr(gdn, setting) is False  # reset by each call
 
 
-def test_broken_triton_host_needs_tilelang_unless_our_dqkwg(clean_env, monkeypatch):
+def test_our_output_kernel_refused_on_fla_host(clean_env):
+    """GDN_FWD_O (v30 candidate) stays 0 by default, and 1 is refused where it would run (its bench hit an illegal
+    memory access on an H200) as where it cannot (no state op), each error naming the setting and the way out."""
+    fake_fla_host(clean_env, None)
+    assert small_args(clean_env).gdn_fwd_o == "0"
+    lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
+    assert gdn.GDN_FWD_O is False and "output: our kernel" not in lines[2]
+    with pytest.raises(gdn.ConfigError, match="GDN_FWD_O=1: .*illegal memory access.*use GDN_FWD_O=0"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="1"), torch.device("cuda"))
+    with pytest.raises(gdn.ConfigError, match="GDN_FWD_O=1: needs the state-saving op.*use GDN_FWD_O=0"):
+        gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="1", GDN_SAVE_STATE="0"), torch.device("cuda"))
+    assert gdn.GDN_FWD_O is False
+
+
+@pytest.mark.parametrize("state_op_why", [None, "stand-in: not registered"])
+def test_broken_triton_host_needs_tilelang_unless_our_dqkwg(clean_env, monkeypatch, state_op_why):
     """On Hopper with Triton 3.4-3.7.0 FLA's Triton dqkwg computes wrong gradients (FLA issue 640) and FLA sends
-    that one kernel to TileLang: without TileLang the run is refused by name, unless GDN_DQKWG=1 replaces it with
-    ours inside the state op (and then only with the state op: GDN_SAVE_STATE=0 is refused, never FLA's backward)."""
-    fake_fla_host(clean_env, None)
+    that one kernel to TileLang. Without TileLang our dq/dk/dw/dg kernel (GDN_DQKWG auto or 1) replaces it inside the
+    state op; where it cannot (GDN_DQKWG=0, GDN_SAVE_STATE=0, dk > 64, or the state op not registered) the run is
+    refused by name: never FLA's Triton backward on that host."""
+    fake_fla_host(clean_env, state_op_why)
     monkeypatch.setattr(gdn, "triton_breaks_hopper_gdn", lambda device: "Triton 3.6.0 on NVIDIA H200")
     monkeypatch.setitem(sys.modules, "tilelang", None)  # import tilelang raises ImportError
-    with pytest.raises(gdn.ConfigError, match="FLA issue 640.*TileLang is not installed"):
-        gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
-    with pytest.raises(gdn.ConfigError, match="TileLang is not installed"):
-        gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="1", GDN_SAVE_STATE="0"), torch.device("cuda"))
-    lines = gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="1", GDN_SAVE_STATE="auto"), torch.device("cuda"))
-    assert gdn.GDN_DQKWG is True and "TileLang not installed, not needed with GDN_DQKWG=1" in lines[2]
+    ok = dict(GDN_DQKWG="auto", GDN_SAVE_STATE="auto", GDN_HEAD_DIM_RATIO="0.75")
+    for env in (dict(ok, GDN_DQKWG="0"), dict(ok, GDN_SAVE_STATE="0"), dict(ok, GDN_HEAD_DIM_RATIO="5.0")):
+        with pytest.raises(gdn.ConfigError, match="FLA issue 640.*TileLang is not installed"):
+            gdn.prepare_mixers(small_args(clean_env, **env), torch.device("cuda"))
+    for value in ("auto", "1"):
+        if state_op_why is None:
+            lines = gdn.prepare_mixers(small_args(clean_env, **dict(ok, GDN_DQKWG=value)), torch.device("cuda"))
+            assert gdn.GDN_DQKWG is True and "TileLang not installed, not needed with our dq/dk/dw/dg" in lines[2]
+        else:
+            with pytest.raises(gdn.ConfigError, match="TileLang is not installed.*state-saving op, not registered"):
+                gdn.prepare_mixers(small_args(clean_env, **dict(ok, GDN_DQKWG=value)), torch.device("cuda"))
     monkeypatch.setitem(sys.modules, "tilelang", types.ModuleType("tilelang"))
     lines = gdn.prepare_mixers(small_args(clean_env, GDN_DQKWG="0"), torch.device("cuda"))
     assert "(TileLang backward: Triton 3.6.0 on NVIDIA H200 is in the broken range)" in lines[2]

@@ -104,8 +104,8 @@ def gdn_path(gdn_line: str) -> str:
         gdn += "+state-chain" if "our chain kernels (GDN_STATE_CHAIN=1)" in gdn_line else ""
         gdn += "+state-chain-bwd" if "our chain kernels (GDN_STATE_CHAIN=bwd)" in gdn_line else ""
         gdn += f"+seg{m.group(1)}" if (m := re.search(r"in segments of (\d+) chunks", gdn_line)) else ""
-        gdn += "+wy" if "WY backward: our kernel (GDN_WY_BWD=1)" in gdn_line else ""
-        gdn += "+dqkwg" if "dq/dk/dw/dg backward: our kernel (GDN_DQKWG=1)" in gdn_line else ""
+        gdn += "+wy" if "WY backward: our kernel (GDN_WY_BWD=" in gdn_line else ""
+        gdn += "+dqkwg" if "dq/dk/dw/dg backward: our kernel (GDN_DQKWG=" in gdn_line else ""
         gdn += "+fwd-o" if "output: our kernel (GDN_FWD_O=1)" in gdn_line else ""
         gdn += "+fla-disk-picks" if "FLA autotune picks from Triton's disk cache" in gdn_line else ""
     return gdn
