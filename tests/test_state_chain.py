@@ -194,3 +194,33 @@ def test_bench_picks_each_kernel_at_each_shape():
     tuner.run(32768)  # without the helper: the 2048 pick again
     assert tuner.best_config is small
     assert pick_at_this_shape(tuner, lambda: tuner.run(32768)) == (32768, "BV64_w4_s3")
+
+
+def test_bench_names_the_config_that_faults(monkeypatch):
+    """each_config on CUDA waits for each config's launch, so a fault (CUDA reports it at the next synchronising
+    call, as the v30 bench's illegal access surfaced) is raised naming its config, and the tuner's configs are
+    restored; on the CPU nothing is waited for. torch.cuda.synchronize is a stand-in that faults on its 2nd call."""
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    from tools.gpu import bench_recurrence_tiles as bench
+
+    configs = [SimpleNamespace(kwargs={"BV": bv}, num_warps=4, num_stages=1) for bv in (32, 64, 128)]
+    tuner = SimpleNamespace(configs=configs, cache={})
+    waits = []
+
+    def synchronize():
+        waits.append(len(waits))
+        if len(waits) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    assert [n for n, _ in bench.each_config(tuner, lambda: 1)] == ["BV32_w4_s1", "BV64_w4_s1", "BV128_w4_s1"]
+    assert waits == []  # the CPU: no waiting
+    with pytest.raises(RuntimeError, match="our config BV64_w4_s1: RuntimeError: CUDA error: an illegal memory"):
+        bench.each_config(tuner, lambda: 1, "cuda")
+    assert tuner.configs is configs and waits == [0, 1]
+    waits[:] = [0]  # the next wait faults
+    with pytest.raises(RuntimeError, match="FLA's path at 2x32768: RuntimeError: CUDA error"):
+        bench.wait_or_name("cuda", "FLA's path at 2x32768")

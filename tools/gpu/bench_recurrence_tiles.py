@@ -145,10 +145,11 @@ def pick_at_this_shape(tuner, call):
     return out, config_name(tuner.best_config)
 
 
-def each_config(tuner, call):
+def each_config(tuner, call, device="cpu"):
     """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
     (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
-    autotuner does not pick it at the shapes timed, though a run at another shape might."""
+    autotuner does not pick it at the shapes timed, though a run at another shape might. On CUDA each call is
+    waited for, so that a fault is raised naming its config (the v30 bench's illegal access was not)."""
     kept = tuner.configs
     try:
         out = []
@@ -156,10 +157,22 @@ def each_config(tuner, call):
             tuner.configs = [cfg]
             tuner.cache.clear()
             out.append((config_name(cfg), call()))
+            wait_or_name(device, f"our config {config_name(cfg)}")
         return out
     finally:
         tuner.configs = kept
         tuner.cache.clear()
+
+
+def wait_or_name(device, what: str) -> None:
+    """On CUDA, wait for the queued kernels and re-raise a fault among them as `what: ...`: CUDA reports an illegal
+    access at the next synchronising call, which may belong to another kernel than the one that faulted."""
+    if torch.device(device).type != "cuda":
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception as e:
+        raise RuntimeError(f"{what}: {type(e).__name__}: {e}") from e
 
 
 def bench_ours_vs_fla(kernel: str, names: tuple[str, ...], make_inputs, doc: str, argv, device: str,
@@ -185,8 +198,9 @@ def bench_ours_vs_fla(kernel: str, names: tuple[str, ...], make_inputs, doc: str
     for B, T in shapes:
         x = make_inputs(B, T, a.seed, device, dtype)
         f_out = as_tuple(mod.fla_path(**x))
+        wait_or_name(device, f"FLA's path at {B}x{T}")
         diffs = lambda outs: [rel(o.float(), f.float()) for o, f in zip(as_tuple(outs), f_out)]  # noqa: E731
-        for name, outs in each_config(tuner, lambda: ours(**x)):
+        for name, outs in each_config(tuner, lambda: ours(**x), device):
             e = diffs(outs)
             print(f"{kernel}_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
                   f"({' '.join(f'{n} {v:.1e}' for n, v in zip(names, e))})", flush=True)

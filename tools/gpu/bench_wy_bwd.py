@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import fla_tuned_per_process, graph_ms, rel  # noqa: E402
 from tools.gpu.bench_recurrence_tiles import (C, DK, DV, H, autotuner, each_config, kernel_bench_args,  # noqa: E402
                                               kernel_bench_header, kernel_bench_parser, pick_at_this_shape,
-                                              print_reference_check, warm_cold_ms)
+                                              print_reference_check, wait_or_name, warm_cold_ms)
 
 NAMES = ("dk", "dv", "db", "dg")
 
@@ -67,7 +67,8 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     for B, T in shapes:
         x = make_inputs(B, T, a.seed, device, dtype)
         f_out, fla_pick = pick_at_this_shape(fla_tuner, lambda: wy.fla_path(**x))
-        for name, outs in each_config(our_tuner, lambda: wy.wy_bwd(**x)):
+        wait_or_name(device, f"FLA's path at {B}x{T}")
+        for name, outs in each_config(our_tuner, lambda: wy.wy_bwd(**x), device):
             e = [rel(o.float(), f.float()) for o, f in zip(outs, f_out)]
             print(f"wy_bwd_config shape:{B}x{T} config:{name} max_rel_diff:{max(e):.3e} "
                   f"({' '.join(f'{n} {v:.1e}' for n, v in zip(NAMES, e))})", flush=True)
