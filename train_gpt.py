@@ -913,14 +913,12 @@ def autotune_picks() -> str:
     if "triton" not in sys.modules:
         return "none (Triton not imported)"
     import gc
-    import warnings
     from triton.runtime.autotuner import Autotuner
     picks = set()
     try:  # a diagnostic line: never the reason a run loses its artifact and final score
-        with warnings.catch_warnings():  # isinstance on some of torch's deprecated objects warns
-            warnings.simplefilter("ignore")
-            # type(o), not isinstance(o, ...): isinstance on a dead weakref.proxy raises ReferenceError (an H200 run)
-            tuners = [o for o in gc.get_objects() if issubclass(type(o), Autotuner)]
+        # type(o), not isinstance(o, ...), which runs the object's own __class__: on a dead weakref.proxy that raised
+        # ReferenceError (an H200 run), on some of torch's deprecated objects it warns
+        tuners = [o for o in gc.get_objects() if issubclass(type(o), Autotuner)]
         for tuner in tuners:  # cache: key -> pick, for lists of several configs; best_config: set by every launch
             chosen = list(tuner.cache.values()) or [c for c in [getattr(tuner, "best_config", None)] if c is not None]
             if chosen:

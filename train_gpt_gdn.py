@@ -1604,11 +1604,11 @@ GDN_STATE_OP = None  # the state-saving custom op, once registered (GDN_SAVE_STA
 GDN_SAVE_WV = False  # the state op also keeps w and v_new for the backward (GDN_SAVE_WV auto or 1)
 GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd" the backward's (GDN_STATE_CHAIN auto)
 GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
-GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD=1)
-GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG=1)
-GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O=1)
-# the opt-in kernels of ours inside the state op (one key tile each), in the order of the three flags above, as the
-# GDN log line names them
+GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD auto or 1)
+GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG auto or 1)
+GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O=1: refused for now, PERF_NOTES v30)
+# our kernels inside the state op (one key tile each), keyed by the setting and flag of each, as the GDN log line
+# names them
 OUR_KERNELS = {"GDN_WY_BWD": "WY backward", "GDN_DQKWG": "dq/dk/dw/dg backward", "GDN_FWD_O": "output"}
 
 
@@ -1960,13 +1960,11 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     import tilelang  # noqa: F401
                     note += f" (TileLang backward: {broken} is in the broken range)"
                 except Exception:
-                    # our dq/dk/dw/dg kernel (GDN_DQKWG) replaces the one kernel FLA sends to TileLang; it needs the
-                    # state op, whose absence is refused below (never FLA's own backward on this host)
+                    # our dq/dk/dw/dg kernel (GDN_DQKWG) replaces the one kernel FLA sends to TileLang; where it is
+                    # off, the run is refused below (never FLA's own Triton backward on this host)
                     no_tilelang = (f"GDN_IMPL={want}: {broken} gives wrong GDN gradients in FLA's Triton backward "
                                    "(FLA issue 640) and TileLang is not installed; install tilelang (see README) or "
                                    "set GDN_IMPL=torch")
-                    if args.gdn_dqkwg == "0" or args.gdn_save_state == "0" or dk > 64:
-                        raise ConfigError(no_tilelang) from None
                     note += (f" ({broken} is in the broken range; TileLang not installed, not needed with our "
                              f"dq/dk/dw/dg kernel)")
             want = "fla"
@@ -1988,22 +1986,24 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                     if GDN_CHAIN_SEGMENT:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
                     # auto: ours where they apply (one key tile each); v29: WY + dq/dk/dw/dg steps 0.984x at 32k
-                    on = [getattr(args, s.lower()) != "0" and dk <= 64 for s in OUR_KERNELS]
-                    if on[2]:
+                    on = {s: getattr(args, s.lower()) != "0" and dk <= 64 for s in OUR_KERNELS}
+                    if on["GDN_FWD_O"]:
                         raise ConfigError("GDN_FWD_O=1: our output kernel hit an illegal memory access on an H200 with "
                                           "Triton 3.6.0 in its bench (twenty-ninth session, PERF_NOTES v30), refused "
                                           "until that is found; use GDN_FWD_O=0")
-                    GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = on
+                    GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = on.values()
                     note += "".join(f"; {what}: our kernel ({s}={getattr(args, s.lower())})"
-                                    for (s, what), o in zip(OUR_KERNELS.items(), on) if o)
+                                    for s, what in OUR_KERNELS.items() if on[s])
                 elif args.gdn_save_state == "1":
                     raise ConfigError(f"GDN_SAVE_STATE=1: FLA's kernels could not be registered as the state-saving "
                                       f"op ({why}); use GDN_SAVE_STATE=0 or auto")
                 else:
                     note += f"; chunk states recomputed in the backward (state-saving op not registered: {why})"
-            if no_tilelang and not GDN_DQKWG:  # GDN_DQKWG auto, but the state op did not register
-                raise ConfigError(f"{no_tilelang} (our dq/dk/dw/dg kernel, which replaces TileLang's, needs the "
-                                  f"state-saving op, not registered here)")
+            if no_tilelang and not GDN_DQKWG:  # FLA's own Triton dqkwg would run: wrong gradients on this host
+                off = ("GDN_DQKWG=0" if args.gdn_dqkwg == "0" else f"key head dim {dk} > 64" if dk > 64 else
+                       "GDN_SAVE_STATE=0" if args.gdn_save_state == "0" else
+                       "it needs the state-saving op, not registered here")
+                raise ConfigError(f"{no_tilelang} (our dq/dk/dw/dg kernel, which replaces TileLang's, is off: {off})")
             programs = fla_recurrence_programs(args)
             # v21: 48 at the 32k preset, where BV=16 ran 0.988x; 72 at 16k, where it ran 1.025x (not with v22's chain)
             if programs < 64 and GDN_STATE_CHAIN != "1":
@@ -2155,14 +2155,12 @@ def autotune_picks() -> str:
     if "triton" not in sys.modules:
         return "none (Triton not imported)"
     import gc
-    import warnings
     from triton.runtime.autotuner import Autotuner
     picks = set()
     try:  # a diagnostic line: never the reason a run loses its artifact and final score
-        with warnings.catch_warnings():  # isinstance on some of torch's deprecated objects warns
-            warnings.simplefilter("ignore")
-            # type(o), not isinstance(o, ...): isinstance on a dead weakref.proxy raises ReferenceError (an H200 run)
-            tuners = [o for o in gc.get_objects() if issubclass(type(o), Autotuner)]
+        # type(o), not isinstance(o, ...), which runs the object's own __class__: on a dead weakref.proxy that raised
+        # ReferenceError (an H200 run), on some of torch's deprecated objects it warns
+        tuners = [o for o in gc.get_objects() if issubclass(type(o), Autotuner)]
         for tuner in tuners:  # cache: key -> pick, for lists of several configs; best_config: set by every launch
             chosen = list(tuner.cache.values()) or [c for c in [getattr(tuner, "best_config", None)] if c is not None]
             if chosen:
