@@ -74,6 +74,10 @@ def test_bad_option_is_refused(tool, args, message):
     (dict(RUNS="hybrid:8192 gpt:1024"), "RUNS: unknown model 'gpt'"),
     (dict(RUNS="check baseline:8k"), "RUNS: seq '8k'"),
     (dict(LIMIT="five"), "LIMIT=five"),
+    (dict(RUNS="hybrid:32768:v27:GDN_DQKWG"), "RUNS: setting 'GDN_DQKWG' in 'hybrid:32768:v27:GDN_DQKWG' is not"),
+    (dict(RUNS="hybrid:32768::GDN_DQKWG=0"), "has settings without a LABEL"),
+    (dict(RUNS="hybrid:32768:v/27"), "RUNS: label 'v/27'"),
+    (dict(RUNS="hybrid:32768:v27:A=1:B=2"), "settings are comma-separated"),
 ])
 def test_profile_session_checks_its_items_first(tmp_path, env, message):
     out = tmp_path / "out"
@@ -81,6 +85,37 @@ def test_profile_session_checks_its_items_first(tmp_path, env, message):
                        text=True, env={**os.environ, **env}, timeout=60)
     assert r.returncode == 2 and message in r.stderr
     assert not out.exists()  # nothing started
+
+
+def test_profile_session_gives_each_run_its_label_and_settings(tmp_path):
+    """RUNS items with a label and settings: each run gets its own settings only, and files named by its label
+    (a python3 stand-in on PATH records what each profile run was given)."""
+    bin_dir, data, out, rec = tmp_path / "bin", tmp_path / "data", tmp_path / "out", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    data.mkdir()
+    (data / "synthetic_train_000000.bin").write_bytes(b"")
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(b"")
+    fake = bin_dir / "python3"
+    fake.write_text("#!/bin/sh\n"
+                    f'echo "RUN_ID=$RUN_ID GDN_DQKWG=${{GDN_DQKWG-unset}} GDN_WY_BWD=${{GDN_WY_BWD-unset}} $*" >> {rec}\n'
+                    'echo "profile_per_step fake"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA_PATH": str(data), "TOKENIZER_PATH": str(tok),
+           "RUNS": "hybrid:32768:v27:GDN_DQKWG=0,GDN_WY_BWD=0 hybrid:32768:v29 baseline:8192"}
+    env.pop("GDN_DQKWG", None)
+    env.pop("GDN_WY_BWD", None)
+    r = subprocess.run(["bash", str(REPO / "tools/gpu/profile_session.sh"), str(out)], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    calls = rec.read_text().splitlines()
+    assert len(calls) == 3, calls
+    assert calls[0].startswith("RUN_ID=profile_hybrid_seq32768_v27 GDN_DQKWG=0 GDN_WY_BWD=0 ")
+    assert f"--out {out}/profile_hybrid_seq32768_v27.txt" in calls[0] and "train_gpt_gdn.py" in calls[0]
+    assert calls[1].startswith("RUN_ID=profile_hybrid_seq32768_v29 GDN_DQKWG=unset GDN_WY_BWD=unset ")
+    assert calls[2].startswith("RUN_ID=profile_baseline_seq8192 GDN_DQKWG=unset ") and "train_gpt.py " in calls[2]
+    assert (out / "profile_hybrid_seq32768_v27.log").read_text().strip() == "profile_per_step fake"
+    assert "hybrid:32768:v27:GDN_DQKWG=0,GDN_WY_BWD=0: exit 0" in r.stdout
 
 
 @pytest.mark.parametrize("args,env,message", [

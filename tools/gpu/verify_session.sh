@@ -11,7 +11,7 @@
 # collected stage by stage (tools/gpu/poll.sh).
 # Usage: bash tools/gpu/verify_session.sh OUT_DIR OLD_DIR
 #   env: ITEMS (ab_session items; default: the hybrid at 8k, 16k, 32k, new vs OLD_DIR) STEPS (10)
-#        STAGES ("gdn conv ab prof"; also "chain", "wy", "dqkwg", "fwdo") PROF_RUNS ("hybrid:8192 baseline:8192") TOKENIZER_PATH DATA_PATH
+#        STAGES ("gdn conv ab prof"; also "chain", "wy", "dqkwg", "fwdo") PROF_RUNS ("hybrid:8192 baseline:8192"; items as profile_session.sh RUNS) TOKENIZER_PATH DATA_PATH
 #        CHAIN_SEGMENTS (the chain stage's --segments, e.g. 0,16,32: GDN_CHAIN_SEGMENT values; default 0)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
