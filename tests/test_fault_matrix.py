@@ -5,6 +5,7 @@ under Triton's interpreter, against FLA's path)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -55,10 +56,9 @@ def test_matrix_times_out_a_hung_cell(capsys):
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    env_path = str(TRITON_DIR)
     return subprocess.run([sys.executable, str(REPO / "tools" / "gpu" / "fault_matrix.py"), *args],
                           capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env={**__import__("os").environ, "PYTHONPATH": env_path})
+                          env={**os.environ, "PYTHONPATH": str(TRITON_DIR)})
 
 
 def test_arguments_are_refused_by_name_before_any_cell():
@@ -68,8 +68,21 @@ def test_arguments_are_refused_by_name_before_any_cell():
     assert r.returncode == 2 and "--shapes '2x100'" in r.stderr, r.stderr[-2000:]
     r = run_tool("--kernel", "fwd_o", "--repeat", "0")
     assert r.returncode == 2 and "--repeat 0" in r.stderr, r.stderr[-2000:]
+    r = run_tool("--kernel", "fwd_o", "--timeout", "0")
+    assert r.returncode == 2 and "--timeout 0: expected a positive number" in r.stderr, r.stderr[-2000:]
     r = run_tool("--kernel", "conv")
     assert r.returncode == 2 and "--kernel" in r.stderr and "fwd_o" in r.stderr, r.stderr[-2000:]
+    assert "fault_cell" not in r.stdout
+
+
+def test_no_cuda_is_said_before_any_cell():
+    """On a machine without CUDA (this one, CI's) the matrix stops at once instead of running cells that fail."""
+    import pytest
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    r = run_tool("--kernel", "fwd_o")
+    assert r.returncode == 2 and "--device cuda needs a CUDA device" in r.stderr, r.stderr[-2000:]
     assert "fault_cell" not in r.stdout
 
 
@@ -81,10 +94,10 @@ CELL = INTERP_PATCHES + textwrap.dedent("""
 
 
 def test_a_real_cell_on_cpu():
-    """One cell as the matrix runs it, on the CPU: our output kernel held to config 4 (BV64, 4 warps, 1 stage) and
-    our dq/dk/dw/dg kernel to config 0, each against FLA's path at 1x128, fp32."""
+    """One cell as the matrix runs it, on the CPU: our output kernel held to config 4 (BV64, 4 warps, 1 stage),
+    our dq/dk/dw/dg kernel and our WY backward to config 0, each against FLA's path at 1x128, fp32."""
     require_fla()
-    for kernel, config in (("fwd_o", "4"), ("dqkwg", "0")):
+    for kernel, config in (("fwd_o", "4"), ("dqkwg", "0"), ("wy_bwd", "0")):
         r = run_with_triton(CELL, kernel, config)
         res = classify(r.returncode, r.stdout + r.stderr)
         assert res.startswith("ok max_rel_diff:"), (kernel, res, r.stderr[-3000:])

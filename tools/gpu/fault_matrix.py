@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     shapes = parse_shapes(p, a.shapes)
     if a.repeat < 1:
         p.error(f"--repeat {a.repeat}: expected a positive integer")
+    if not a.timeout > 0:
+        p.error(f"--timeout {a.timeout:g}: expected a positive number of seconds")
     names = config_names(a.kernel)
     if a.configs == "all":
         configs = list(range(len(names)))
@@ -130,6 +132,11 @@ def main(argv=None) -> int:
         if any(not 0 <= c < len(names) for c in configs):
             p.error(f"--configs {a.configs!r}: expected 'all' or numbers in 0..{len(names) - 1} ({a.kernel}'s "
                     f"{len(names)} configs: {', '.join(f'{i}={n}' for i, n in enumerate(names))})")
+    if a.device == "cuda":  # options first (as the other GPU tools), then the device, before any cell
+        import torch
+        if not torch.cuda.is_available():
+            print("fault_matrix: --device cuda needs a CUDA device (cpu: under Triton's interpreter)", file=sys.stderr)
+            return 2
     prefix = []
     if a.sanitizer:
         tool = shutil.which("compute-sanitizer") or next(
