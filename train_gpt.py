@@ -140,7 +140,7 @@ class Hyperparameters:
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "auto", ("auto", "0", "1"))  # our WY backward kernel (v28)
         self.gdn_dqkwg = env_choice("GDN_DQKWG", "auto", ("auto", "0", "1"))  # our dq/dk/dw/dg kernel (v29)
-        self.gdn_fwd_o = env_choice("GDN_FWD_O", "0", ("0", "1"))  # our chunk output kernel (v30 candidate)
+        self.gdn_fwd_o = env_choice("GDN_FWD_O", "auto", ("auto", "0", "1"))  # our chunk output kernel (v30)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)

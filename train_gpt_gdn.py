@@ -146,7 +146,7 @@ class Hyperparameters:
         self.gdn_chain_segment = env_int_or_auto("GDN_CHAIN_SEGMENT", 0)  # their chains cut every N chunks
         self.gdn_wy_bwd = env_choice("GDN_WY_BWD", "auto", ("auto", "0", "1"))  # our WY backward kernel (v28)
         self.gdn_dqkwg = env_choice("GDN_DQKWG", "auto", ("auto", "0", "1"))  # our dq/dk/dw/dg kernel (v29)
-        self.gdn_fwd_o = env_choice("GDN_FWD_O", "0", ("0", "1"))  # our chunk output kernel (v30 candidate)
+        self.gdn_fwd_o = env_choice("GDN_FWD_O", "auto", ("auto", "0", "1"))  # our chunk output kernel (v30)
         # Training length and batch.
         self.iterations = env_int("ITERATIONS", 20000, 0)
         self.warmdown_iters = env_int("WARMDOWN_ITERS", d["WARMDOWN_ITERS"], 0)
@@ -1422,7 +1422,7 @@ def build_dqkwg_kernel() -> dict:
 
 
 def build_fwd_o_kernel() -> dict:
-    """Our Triton kernel for FLA's chunk_fwd_o (GDN_FWD_O=1, v30 candidate): each chunk's output
+    """Our Triton kernel for FLA's chunk_fwd_o (GDN_FWD_O, v30): each chunk's output
         o = scale 2^g (q h) + P v_new,   P = causal(q k^T) 2^(g_i - g_j) scale
     with h the state entering the chunk. FLA's kernel runs one program per (value tile, chunk, sequence x head) and
     forms q k^T again in each (222 us per 32k call against a 75 us memory floor, PERF_NOTES v21); ours runs one
@@ -1431,8 +1431,11 @@ def build_fwd_o_kernel() -> dict:
     import triton
     import triton.language as tl
 
+    # not BV32 with 4 warps and 1 stage: with Triton 3.6.0 its sm_90 build reads shared memory out of bounds
+    # (compute-sanitizer: "Invalid __shared__ read of size 1024 bytes") and faults at every shape tried on an H200;
+    # the other 11 ran right (PERF_NOTES v30)
     @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=ns)
-                              for bv in (32, 64, 128) for nw in (4, 8) for ns in (1, 2)],
+                              for bv in (32, 64, 128) for nw in (4, 8) for ns in (1, 2) if (bv, nw, ns) != (32, 4, 1)],
                      key=["H", "K", "V", "BK", "IEEE"])
     @triton.jit
     def fwd_o_kernel(q, k, v, h, g, o, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -1606,7 +1609,7 @@ GDN_STATE_CHAIN = "0"  # the state op runs our state recurrences: "1" both, "bwd
 GDN_CHAIN_SEGMENT = 0  # their chains in segments of this many chunks (GDN_CHAIN_SEGMENT; 0: one chain per sequence)
 GDN_WY_BWD = False  # the state op's WY backward is ours (GDN_WY_BWD auto or 1)
 GDN_DQKWG = False  # the state op's dq/dk/dw/dg kernel is ours (GDN_DQKWG auto or 1)
-GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O=1: refused for now, PERF_NOTES v30)
+GDN_FWD_O = False  # the state op's output kernel is ours (GDN_FWD_O, v30)
 # our kernels inside the state op (one key tile each), keyed by the setting and flag of each, as the GDN log line
 # names them
 OUR_KERNELS = {"GDN_WY_BWD": "WY backward", "GDN_DQKWG": "dq/dk/dw/dg backward", "GDN_FWD_O": "output"}
@@ -1985,12 +1988,9 @@ def prepare_mixers(args: Hyperparameters, device: torch.device) -> list[str]:
                              }[GDN_STATE_CHAIN]  # the settings as resolved (auto's choice), read by the bench tools
                     if GDN_CHAIN_SEGMENT:
                         note += f", in segments of {GDN_CHAIN_SEGMENT} chunks (GDN_CHAIN_SEGMENT)"
-                    # auto: ours where they apply (one key tile each); v29: WY + dq/dk/dw/dg steps 0.984x at 32k
+                    # auto: ours where they apply (one key tile each); v29: WY + dq/dk/dw/dg steps 0.984x at 32k,
+                    # v30: the output kernel 0.990x more (PERF_NOTES)
                     on = {s: getattr(args, s.lower()) != "0" and dk <= 64 for s in OUR_KERNELS}
-                    if on["GDN_FWD_O"]:
-                        raise ConfigError("GDN_FWD_O=1: our output kernel hit an illegal memory access on an H200 with "
-                                          "Triton 3.6.0 in its bench (twenty-ninth session, PERF_NOTES v30), refused "
-                                          "until that is found; use GDN_FWD_O=0")
                     GDN_WY_BWD, GDN_DQKWG, GDN_FWD_O = on.values()
                     note += "".join(f"; {what}: our kernel ({s}={getattr(args, s.lower())})"
                                     for s, what in OUR_KERNELS.items() if on[s])

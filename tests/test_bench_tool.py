@@ -179,6 +179,10 @@ def test_gdn_path_names_each_fla_path():
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); chunk states saved for the backward "
                     "(GDN_SAVE_STATE=auto); WY backward: our kernel (GDN_WY_BWD=auto); dq/dk/dw/dg backward: our "
                     "kernel (GDN_DQKWG=auto)") == "fla-op+saved-state+wy+dqkwg"  # v29's defaults
+    assert gdn_path(core + " as one torch custom op (whole-model compile graph); chunk states saved for the backward "
+                    "(GDN_SAVE_STATE=auto); WY backward: our kernel (GDN_WY_BWD=auto); dq/dk/dw/dg backward: our "
+                    "kernel (GDN_DQKWG=auto); output: our kernel (GDN_FWD_O=auto)") \
+        == "fla-op+saved-state+wy+dqkwg+fwd-o"  # v30's defaults
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: PyTorch (triton conv "
                     "kernels not registered: Z)") == "fla-op"
     assert gdn_path(core + " as one torch custom op (whole-model compile graph); conv: triton conv1d+silu kernels "

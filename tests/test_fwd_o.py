@@ -6,6 +6,7 @@ config; its GPU bench end to end."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 from test_fla_interpreted import INTERP_PATCHES, require_fla
@@ -64,7 +65,8 @@ def test_kernel_compiles_for_hopper():
     this machine (no GPU), without a 16-bit transpose in a product's result layout (FLA issue 640's pattern)."""
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
-    assert r.stdout.count("sm90 fwd_o") == 12
+    assert r.stdout.count("sm90 fwd_o") == 11  # not BV32 with 4 warps and 1 stage (faults on an H200)
+    assert not re.search(r"sm90 fwd_o BV: 32, num_warps: 4, .*num_stages: 1,", r.stdout), r.stdout
 
 
 def test_bench_tool_runs_end_to_end():
@@ -77,6 +79,6 @@ def test_bench_tool_runs_end_to_end():
     checks = [ln for ln in lines if ln.startswith("check 1x64 o:")]
     configs = [ln for ln in lines if ln.startswith("fwd_o_config shape:1x128 ")]
     result = [ln for ln in lines if ln.startswith("fwd_o shape:1x128 ")]
-    assert len(checks) == 1 and len(configs) == 12 and len(result) == 1, r.stdout[-3000:]
+    assert len(checks) == 1 and len(configs) == 11 and len(result) == 1, r.stdout[-3000:]
     assert all(float(ln.split("max_rel_diff:")[1].split()[0]) < 1e-5 for ln in configs + result), r.stdout[-3000:]
     assert float(checks[0].split("ours vs fp64 ")[1].split(",")[0]) < 1e-5, checks

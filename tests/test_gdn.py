@@ -763,15 +763,17 @@ def test_our_backward_kernels_on_by_default_on_fla_host(clean_env, setting, what
     assert getattr(gdn, setting) is False  # reset by each call
 
 
-def test_our_output_kernel_refused_on_fla_host(clean_env):
-    """GDN_FWD_O (v30 candidate) stays 0 by default, and 1 is refused where it would run (its bench hit an illegal
-    memory access on an H200) as where it cannot (no state op), each error naming the setting and the way out."""
+def test_our_output_kernel_by_default_on_fla_host(clean_env):
+    """GDN_FWD_O (v30) is auto by default: on inside the state op, said on the mixers' line; 0 turns it off; 1 is
+    refused where it cannot run (no state op), naming the setting and the way out."""
     fake_fla_host(clean_env, None)
-    assert small_args(clean_env).gdn_fwd_o == "0"
+    assert small_args(clean_env).gdn_fwd_o == "auto"
     lines = gdn.prepare_mixers(small_args(clean_env), torch.device("cuda"))
+    assert gdn.GDN_FWD_O is True and "output: our kernel (GDN_FWD_O=auto)" in lines[2], lines[2]
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="0"), torch.device("cuda"))
     assert gdn.GDN_FWD_O is False and "output: our kernel" not in lines[2]
-    with pytest.raises(gdn.ConfigError, match="GDN_FWD_O=1: .*illegal memory access.*use GDN_FWD_O=0"):
-        gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="1"), torch.device("cuda"))
+    lines = gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="1"), torch.device("cuda"))
+    assert gdn.GDN_FWD_O is True and "output: our kernel (GDN_FWD_O=1)" in lines[2], lines[2]
     with pytest.raises(gdn.ConfigError, match="GDN_FWD_O=1: needs the state-saving op.*use GDN_FWD_O=0"):
         gdn.prepare_mixers(small_args(clean_env, GDN_FWD_O="1", GDN_SAVE_STATE="0"), torch.device("cuda"))
     assert gdn.GDN_FWD_O is False

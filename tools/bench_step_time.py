@@ -90,7 +90,7 @@ def gdn_path(gdn_line: str) -> str:
     custom op (v3: FLA's conv kernels; v4 on: our Triton kernels), +saved-state with GDN_SAVE_STATE, +saved-wv
     with GDN_SAVE_WV (v18), +state-chain with GDN_STATE_CHAIN=1 (v22; +state-chain-bwd with bwd), +segN with
     our chains in segments of N chunks (GDN_CHAIN_SEGMENT, v27), +wy with our WY backward (GDN_WY_BWD=1, v28),
-    +dqkwg with our dq/dk/dw/dg kernel (GDN_DQKWG=1, v29), +fwd-o with our output kernel (GDN_FWD_O=1, v30) and
+    +dqkwg with our dq/dk/dw/dg kernel (GDN_DQKWG=1, v29), +fwd-o with our output kernel (GDN_FWD_O, v30) and
     +fla-disk-picks where FLA's autotune picks came from Triton's disk cache (FLA_CACHE_RESULTS=1; before v24 every
     run's, unlogged), so possibly from another shape."""
     if not gdn_line:
@@ -106,7 +106,7 @@ def gdn_path(gdn_line: str) -> str:
         gdn += f"+seg{m.group(1)}" if (m := re.search(r"in segments of (\d+) chunks", gdn_line)) else ""
         gdn += "+wy" if "WY backward: our kernel (GDN_WY_BWD=" in gdn_line else ""
         gdn += "+dqkwg" if "dq/dk/dw/dg backward: our kernel (GDN_DQKWG=" in gdn_line else ""
-        gdn += "+fwd-o" if "output: our kernel (GDN_FWD_O=1)" in gdn_line else ""
+        gdn += "+fwd-o" if "output: our kernel (GDN_FWD_O=" in gdn_line else ""
         gdn += "+fla-disk-picks" if "FLA autotune picks from Triton's disk cache" in gdn_line else ""
     return gdn
 

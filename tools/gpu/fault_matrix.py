@@ -5,7 +5,7 @@ saw an illegal access in 40-60% of fresh processes for a kernel of several tl.do
 ours once, waits for it, and compares its outputs with FLA's path on the same inputs.
 
     python3 tools/gpu/fault_matrix.py --kernel fwd_o [--shapes 1x2048,2x2048,1x32768,2x32768] [--configs all]
-        [--repeat 1] [--sanitizer]
+        [--repeat 1] [--sanitizer] [--keep DIR]
 
 One `fault_cell` line a cell (result ok with max_rel_diff, fault with the error's last line, or timeout), then a
 `fault_summary` line per config. --sanitizer runs each cell under compute-sanitizer (memcheck) where the image has
@@ -77,9 +77,10 @@ def classify(rc: int | None, out: str) -> str:
 
 
 def matrix(kernel: str, configs: list[int], shapes: list[tuple[int, int]], repeat: int, cell_cmd, timeout: float,
-           names: list[str]) -> dict[int, list[str]]:
+           names: list[str], keep: Path | None = None) -> dict[int, list[str]]:
     """Run every cell in a process of its own (cell_cmd(config, B, T) -> argv), print a `fault_cell` line each;
-    {config: [its results]}."""
+    {config: [its results]}. keep: a directory for each cell's whole output (a sanitizer report names the access,
+    its thread and the kernel's code address; the result line keeps only its first line)."""
     results: dict[int, list[str]] = {c: [] for c in configs}
     for B, T in shapes:
         for c in configs:
@@ -87,9 +88,16 @@ def matrix(kernel: str, configs: list[int], shapes: list[tuple[int, int]], repea
                 t0 = time.time()
                 try:
                     p = subprocess.run(cell_cmd(c, B, T), capture_output=True, text=True, timeout=timeout)
-                    res = classify(p.returncode, p.stdout + p.stderr)
-                except subprocess.TimeoutExpired:
+                    out = p.stdout + p.stderr
+                    res = classify(p.returncode, out)
+                except subprocess.TimeoutExpired as e:
+                    out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                                  for x in (e.stdout, e.stderr))
                     res = classify(None, "")
+                if keep is not None:
+                    f = keep / f"cell_{kernel}_{names[c]}_{B}x{T}_try{r + 1}.txt"
+                    f.with_suffix(".tmp").write_text(f"{' '.join(cell_cmd(c, B, T))}\nresult: {res}\n\n{out}")
+                    f.with_suffix(".tmp").replace(f)
                 results[c].append(res)
                 print(f"fault_cell kernel:{kernel} config:{names[c]} shape:{B}x{T} try:{r + 1} "
                       f"seconds:{time.time() - t0:.1f} result:{res}", flush=True)
@@ -104,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="processes per cell (a fault may come in some only)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a cell may take")
     p.add_argument("--sanitizer", action="store_true", help="each cell under compute-sanitizer's memcheck")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="write each cell's whole output to DIR/cell_*.txt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                    help="cpu: fp32 under Triton's interpreter (TRITON_INTERPRET=1), for the tests")
@@ -121,6 +130,11 @@ def main(argv=None) -> int:
         p.error(f"--repeat {a.repeat}: expected a positive integer")
     if not a.timeout > 0:
         p.error(f"--timeout {a.timeout:g}: expected a positive number of seconds")
+    if a.keep is not None:
+        try:
+            a.keep.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            p.error(f"--keep {a.keep}: cannot create the directory ({e.strerror})")
     names = config_names(a.kernel)
     if a.configs == "all":
         configs = list(range(len(names)))
@@ -147,7 +161,7 @@ def main(argv=None) -> int:
     me = str(Path(__file__).resolve())
     cmd = lambda c, B, T: prefix + [sys.executable, me, "--kernel", a.kernel, "--seed", str(a.seed),  # noqa: E731
                                     "--device", a.device, "--cell", str(c), str(B), str(T)]
-    results = matrix(a.kernel, configs, shapes, a.repeat, cmd, a.timeout, names)
+    results = matrix(a.kernel, configs, shapes, a.repeat, cmd, a.timeout, names, a.keep)
     for c, res in results.items():
         kinds = [r.split(" ", 1)[0] for r in res]
         print(f"fault_summary kernel:{a.kernel} config:{names[c]} cells:{len(res)} ok:{kinds.count('ok')} "
