@@ -59,3 +59,38 @@ def test_cli_refuses_what_is_not_a_table(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "none.txt"),
                         "--steps", "2"], capture_output=True, text=True)
     assert r.returncode == 2 and "none.txt: no such file" in r.stderr
+
+
+def test_our_gdn_kernels_are_their_own_kind():
+    for n in ("chain_kernel", "prep_kernel", "wy_bwd_kernel", "dqkwg_kernel", "fwd_o_kernel"):
+        assert kind_of(n) == "GDN (ours)", n
+    assert kind_of("chunk_fwd_kernel_o") == "FLA (GDN, conv)"  # FLA's, which fwd_o_kernel replaces
+
+
+def test_diff_per_kernel_and_kind(tmp_path):
+    """B - A per kernel (a kernel in one table only counts 0 in the other), the largest gain first, rows under
+    --min-ms left out, then per kind and in total."""
+    a = table([("ProfilerStep*", "1.000s"), ("kernel_kernel", "40.000ms"), ("chunk_fwd_kernel_o", "10.000ms"),
+               ("nvjet_sm90_tst_64x512", "20.000ms"), ("triton_poi_fused_add_0", "2.000ms")])
+    b = table([("ProfilerStep*", "1.000s"), ("dqkwg_kernel", "24.000ms"), ("chunk_fwd_kernel_o", "10.000ms"),
+               ("nvjet_sm90_tst_64x512", "20.100ms"), ("triton_poi_fused_add_0", "2.000ms")])
+    (tmp_path / "a.txt").write_text(a)
+    (tmp_path / "b.txt").write_text(b)
+    r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "a.txt"),
+                        str(tmp_path / "b.txt"), "--steps", "2", "--diff", "--min-ms", "0.1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()[1:]
+    kernels = [ln for ln in lines if ln.startswith("kernel_diff ")]
+    assert kernels == ["kernel_diff diff_ms:-20.00 a_ms:20.00 b_ms:0.00 kind:FLA_(GDN,_conv) name:kernel_kernel",
+                       "kernel_diff diff_ms:+12.00 a_ms:0.00 b_ms:12.00 kind:GDN_(ours) name:dqkwg_kernel"]
+    assert "kind_diff diff_ms:-20.00 a_ms:25.00 b_ms:5.00 kind:FLA_(GDN,_conv)" in lines
+    assert "kind_diff diff_ms:+0.05 a_ms:10.00 b_ms:10.05 kind:matmul" in lines
+    assert lines[-1] == "total_diff diff_ms:-7.95 a_ms:36.00 b_ms:28.05"
+
+
+def test_diff_needs_two_tables(tmp_path):
+    (tmp_path / "a.txt").write_text(table([("kernel_kernel", "4.000ms")]))
+    r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "a.txt"),
+                        "--steps", "2", "--diff"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--diff: expected two tables (A B), got 1" in r.stderr

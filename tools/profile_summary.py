@@ -7,6 +7,10 @@ counted once, so the kinds add up to the GPU's busy time (of the rows in the tab
 undercounts; tools/profile_script.py writes every row since the v3 session, the v2 tables hold the top 200).
 
     python3 tools/profile_summary.py TABLE.txt [TABLE.txt ...] --steps 2
+    python3 tools/profile_summary.py A.txt B.txt --steps 2 --diff [--min-ms 0.1]   # per kernel, B - A
+
+--diff: each kernel's GPU ms per step in A and in B and B - A, the largest gains first (kernels in one table only
+count 0 in the other), then each kind's B - A: where one version's step time went against another's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import re
 import sys
 from pathlib import Path
 
+# the hybrid's own GDN kernels (train_gpt_gdn.py: the state recurrences' chain kernels, v22 on; the WY backward,
+# v28; dq/dk/dw/dg, v29; the chunk output, v30), matched by whole name
+OURS = ("prep_kernel", "chain_kernel", "chain_scan_kernel", "epilogue_kernel", "wy_bwd_kernel", "dqkwg_kernel",
+        "fwd_o_kernel")
 KINDS = (  # first match wins
     ("attention", ("sdpa", "cudnn", "flash_fwd", "flash_bwd", "fmha")),
     ("FLA (GDN, conv)", ("chunk_", "prepare_wy", "recompute_w_u", "kernel_kernel", "solve", "causal_conv1d",
@@ -34,6 +42,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def kind_of(name: str) -> str:
     if name.startswith("triton_"):  # inductor's kernels, whose names also carry the ops they fused ("chunk_gdr")
         return "inductor (Triton)"
+    if name in OURS:
+        return "GDN (ours)"
     for kind, keys in KINDS:
         if any(k in name for k in keys):
             return kind
@@ -77,20 +87,56 @@ def summarize(table: str, steps: int) -> dict[str, float]:
     return out
 
 
+def per_kernel(table: str, steps: int) -> dict[str, float]:
+    """kernel name -> GPU ms per step from one key_averages table."""
+    return {name: ms / steps for name, ms, _ in kernel_rows(table)}
+
+
+def diff_lines(a: dict[str, float], b: dict[str, float], min_ms: float) -> list[str]:
+    """Per-kernel (ms per step, as per_kernel's) B - A where |B - A| >= min_ms, the largest gain first, then each
+    kind's B - A over every kernel."""
+    names = sorted(set(a) | set(b), key=lambda n: (b.get(n, 0.0) - a.get(n, 0.0), n))
+    out = [f"kernel_diff diff_ms:{b.get(n, 0.0) - a.get(n, 0.0):+.2f} a_ms:{a.get(n, 0.0):.2f} "
+           f"b_ms:{b.get(n, 0.0):.2f} kind:{kind_of(n).replace(' ', '_')} name:{n}"
+           for n in names if abs(b.get(n, 0.0) - a.get(n, 0.0)) >= min_ms]
+    kinds: dict[str, list[float]] = {}
+    for n in names:
+        k = kinds.setdefault(kind_of(n), [0.0, 0.0])
+        k[0], k[1] = k[0] + a.get(n, 0.0), k[1] + b.get(n, 0.0)
+    out += [f"kind_diff diff_ms:{kb - ka:+.2f} a_ms:{ka:.2f} b_ms:{kb:.2f} kind:{kind.replace(' ', '_')}"
+            for kind, (ka, kb) in sorted(kinds.items(), key=lambda kv: kv[1][1] - kv[1][0])]
+    ta, tb = sum(a.values()), sum(b.values())
+    return out + [f"total_diff diff_ms:{tb - ta:+.2f} a_ms:{ta:.2f} b_ms:{tb:.2f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tables", nargs="+")
     p.add_argument("--steps", type=int, required=True, help="training steps the table recorded (--active)")
+    p.add_argument("--diff", action="store_true", help="two tables A B: each kernel's and kind's B - A")
+    p.add_argument("--min-ms", type=float, default=0.1, help="--diff: kernels whose |B - A| is at least this")
     a = p.parse_args(argv)
     if a.steps < 1:
         p.error("--steps must be >= 1")
+    if a.diff and len(a.tables) != 2:
+        p.error(f"--diff: expected two tables (A B), got {len(a.tables)}")
+    if not a.min_ms >= 0:
+        p.error(f"--min-ms {a.min_ms:g}: expected a number >= 0")
+    texts = []
     for path in a.tables:
         if not Path(path).is_file():
             p.error(f"table {path}: no such file")
+        texts.append(Path(path).read_text(encoding="utf-8"))
         try:
-            kinds = summarize(Path(path).read_text(encoding="utf-8"), a.steps)
+            kernel_rows(texts[-1])
         except ValueError as e:
             p.error(f"table {path}: {e}")
+    if a.diff:
+        print(f"== {a.tables[1]} - {a.tables[0]} (GPU ms per training step, B - A)")
+        print("\n".join(diff_lines(*(per_kernel(t, a.steps) for t in texts), a.min_ms)))
+        return 0
+    for path, text in zip(a.tables, texts):
+        kinds = summarize(text, a.steps)
         print(f"== {path} (GPU ms per training step)")
         for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:26s} {ms:8.1f}")
