@@ -8,7 +8,7 @@ the small --reference-shape, both against the float64 reference (on the CPU).
 
     python3 tools/gpu/bench_fwd_o.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--reference-shape 1x2048]
 
-Prediction: PERF_NOTES, v30 candidate section.
+Prediction and outcome: PERF_NOTES, v30 section.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ ours once, waits for it, and compares its outputs with FLA's path on the same in
 
 One `fault_cell` line a cell (result ok with max_rel_diff, fault with the error's last line, or timeout), then a
 `fault_summary` line per config. --sanitizer runs each cell under compute-sanitizer (memcheck) where the image has
-it, whose first report names the faulting access. Used for the v30 candidate's illegal access (PERF_NOTES v30).
+it, whose first report names the faulting access (--keep DIR keeps each cell's whole output). It located the v30
+kernel's illegal access: one config's out-of-bounds shared-memory read (PERF_NOTES v30).
 """
 from __future__ import annotations
 

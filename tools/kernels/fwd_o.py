@@ -1,4 +1,4 @@
-"""The gated delta rule's chunk output (GDN_FWD_O=1, v30 candidate): train_gpt_gdn's build_fwd_o_kernel, here for
+"""The gated delta rule's chunk output (GDN_FWD_O, v30): train_gpt_gdn's build_fwd_o_kernel, here for
 the checks and the benchmark, with a float64 reference and the kernel it replaces (FLA's chunk_fwd_o).
 
     fwd_o(q, k, v_new, h, g, scale) -> o      fla_path(...) -> the same from FLA's kernel
