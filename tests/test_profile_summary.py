@@ -94,3 +94,7 @@ def test_diff_needs_two_tables(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "a.txt"),
                         "--steps", "2", "--diff"], capture_output=True, text=True)
     assert r.returncode == 2 and "--diff: expected two tables (A B), got 1" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "tools/profile_summary.py"), str(tmp_path / "a.txt"),
+                        str(tmp_path / "a.txt"), "--steps", "2", "--diff", "--min-ms", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--min-ms -1: expected a number >= 0" in r.stderr

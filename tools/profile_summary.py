@@ -78,18 +78,22 @@ def kernel_rows(table: str) -> list[tuple[str, float, int]]:
     return rows
 
 
-def summarize(table: str, steps: int) -> dict[str, float]:
-    """kind -> GPU ms per step from one key_averages table's 'Self CUDA' column."""
+def per_kernel(table: str, steps: int) -> dict[str, float]:
+    """kernel name -> GPU ms per step from one key_averages table's 'Self CUDA' column."""
+    return {name: ms / steps for name, ms, _ in kernel_rows(table)}
+
+
+def by_kind(kernels: dict[str, float]) -> dict[str, float]:
+    """kind -> the sum of per_kernel's values of its kernels."""
     out: dict[str, float] = {}
-    for name, ms, _ in kernel_rows(table):
-        kind = kind_of(name)
-        out[kind] = out.get(kind, 0.0) + ms / steps
+    for name, ms in kernels.items():
+        out[kind_of(name)] = out.get(kind_of(name), 0.0) + ms
     return out
 
 
-def per_kernel(table: str, steps: int) -> dict[str, float]:
-    """kernel name -> GPU ms per step from one key_averages table."""
-    return {name: ms / steps for name, ms, _ in kernel_rows(table)}
+def summarize(table: str, steps: int) -> dict[str, float]:
+    """kind -> GPU ms per step from one key_averages table's 'Self CUDA' column."""
+    return by_kind(per_kernel(table, steps))
 
 
 def diff_lines(a: dict[str, float], b: dict[str, float], min_ms: float) -> list[str]:
@@ -99,12 +103,10 @@ def diff_lines(a: dict[str, float], b: dict[str, float], min_ms: float) -> list[
     out = [f"kernel_diff diff_ms:{b.get(n, 0.0) - a.get(n, 0.0):+.2f} a_ms:{a.get(n, 0.0):.2f} "
            f"b_ms:{b.get(n, 0.0):.2f} kind:{kind_of(n).replace(' ', '_')} name:{n}"
            for n in names if abs(b.get(n, 0.0) - a.get(n, 0.0)) >= min_ms]
-    kinds: dict[str, list[float]] = {}
-    for n in names:
-        k = kinds.setdefault(kind_of(n), [0.0, 0.0])
-        k[0], k[1] = k[0] + a.get(n, 0.0), k[1] + b.get(n, 0.0)
-    out += [f"kind_diff diff_ms:{kb - ka:+.2f} a_ms:{ka:.2f} b_ms:{kb:.2f} kind:{kind.replace(' ', '_')}"
-            for kind, (ka, kb) in sorted(kinds.items(), key=lambda kv: kv[1][1] - kv[1][0])]
+    ka, kb = by_kind(a), by_kind(b)
+    out += [f"kind_diff diff_ms:{kb.get(k, 0.0) - ka.get(k, 0.0):+.2f} a_ms:{ka.get(k, 0.0):.2f} "
+            f"b_ms:{kb.get(k, 0.0):.2f} kind:{k.replace(' ', '_')}"
+            for k in sorted(set(ka) | set(kb), key=lambda k: kb.get(k, 0.0) - ka.get(k, 0.0))]
     ta, tb = sum(a.values()), sum(b.values())
     return out + [f"total_diff diff_ms:{tb - ta:+.2f} a_ms:{ta:.2f} b_ms:{tb:.2f}"]
 
@@ -122,21 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--diff: expected two tables (A B), got {len(a.tables)}")
     if not a.min_ms >= 0:
         p.error(f"--min-ms {a.min_ms:g}: expected a number >= 0")
-    texts = []
+    tables = []  # each table read and parsed once, all before any output
     for path in a.tables:
         if not Path(path).is_file():
             p.error(f"table {path}: no such file")
-        texts.append(Path(path).read_text(encoding="utf-8"))
         try:
-            kernel_rows(texts[-1])
+            tables.append(per_kernel(Path(path).read_text(encoding="utf-8"), a.steps))
         except ValueError as e:
             p.error(f"table {path}: {e}")
     if a.diff:
         print(f"== {a.tables[1]} - {a.tables[0]} (GPU ms per training step, B - A)")
-        print("\n".join(diff_lines(*(per_kernel(t, a.steps) for t in texts), a.min_ms)))
+        print("\n".join(diff_lines(*tables, a.min_ms)))
         return 0
-    for path, text in zip(a.tables, texts):
-        kinds = summarize(text, a.steps)
+    for path, kernels in zip(a.tables, tables):
+        kinds = by_kind(kernels)
         print(f"== {path} (GPU ms per training step)")
         for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:26s} {ms:8.1f}")

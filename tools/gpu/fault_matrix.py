@@ -86,9 +86,9 @@ def matrix(kernel: str, configs: list[int], shapes: list[tuple[int, int]], repea
     for B, T in shapes:
         for c in configs:
             for r in range(repeat):
-                t0 = time.time()
+                t0, argv = time.time(), cell_cmd(c, B, T)
                 try:
-                    p = subprocess.run(cell_cmd(c, B, T), capture_output=True, text=True, timeout=timeout)
+                    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
                     out = p.stdout + p.stderr
                     res = classify(p.returncode, out)
                 except subprocess.TimeoutExpired as e:
@@ -97,8 +97,9 @@ def matrix(kernel: str, configs: list[int], shapes: list[tuple[int, int]], repea
                     res = classify(None, "")
                 if keep is not None:
                     f = keep / f"cell_{kernel}_{names[c]}_{B}x{T}_try{r + 1}.txt"
-                    f.with_suffix(".tmp").write_text(f"{' '.join(cell_cmd(c, B, T))}\nresult: {res}\n\n{out}")
-                    f.with_suffix(".tmp").replace(f)
+                    tmp = f.with_suffix(".tmp")
+                    tmp.write_text(f"{' '.join(argv)}\nresult: {res}\n\n{out}")
+                    tmp.replace(f)
                 results[c].append(res)
                 print(f"fault_cell kernel:{kernel} config:{names[c]} shape:{B}x{T} try:{r + 1} "
                       f"seconds:{time.time() - t0:.1f} result:{res}", flush=True)
