@@ -42,7 +42,7 @@ DATA=${DATA_PATH:-data/datasets/synthetic_sp1024}
   python3 data/make_synthetic_dataset.py --out "$DATA" --train-tokens 12000000 --val-tokens 300000 > /dev/null
 if [ -n "${CHECK_GDN:-}" ]; then
   python3 tools/check_gdn_fla.py --seq-lens "$CHECK_GDN" > "$OUT/gdn_check.txt" 2>&1
-  echo "check_gdn_fla: exit $? ($(tail -1 "$OUT/gdn_check.txt"))"
+  echo "check_gdn_fla: exit $? ($(grep -m1 "^gdn_check:" "$OUT/gdn_check.txt" || echo "no verdict line"))"
 fi
 run_item() {  # ITEM REP: one bench run; its output file gets _rREP after the first round
   local item=$1 rep=$2 model seq label dir envs extra=() res

@@ -40,7 +40,7 @@ for st in $STAGES; do
     fwdo) python3 tools/gpu/bench_fwd_o.py > "$OUT/bench_fwd_o.txt" 2>&1
           echo "fwdo: exit $?"; grep -E "^(check|fwd_o)" "$OUT/bench_fwd_o.txt" ;;
     gdn) python3 tools/check_gdn_fla.py --seq-lens 100,2048 > "$OUT/gdn_check.txt" 2>&1
-         echo "gdn: exit $? ($(tail -1 "$OUT/gdn_check.txt"))" ;;
+         echo "gdn: exit $? ($(grep -m1 "^gdn_check:" "$OUT/gdn_check.txt" || echo "no verdict line"))" ;;
     conv) python3 tools/bench_conv_kernels.py --old "$OLD" --x-row-width 2032 > "$OUT/conv_kernels.txt" 2>&1
           echo "conv: exit $?"; grep -E "^(conv_time|conv_check)" "$OUT/conv_kernels.txt" ;;
     ab) # shellcheck disable=SC2086
