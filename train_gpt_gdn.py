@@ -976,19 +976,25 @@ def build_state_kernels() -> dict:
     (K x K) @ (K x BV) product a step (FLA's walk chains two products forward, three backward, each a step of
     512 at 32k), and a chunk-parallel epilogue forms v_new = u - w h_c or dv2 = dv + 2^(g_last - g) (k D_c) with
     bf16 operands and fp32 accumulation, as FLA does. Layouts and dtypes are FLA's: (B, T, H, .) inputs, states
-    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "kernels"}."""
+    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "prep", "kernels"}."""
     import triton
     import triton.language as tl
 
+    # BV 128 with 4 warps was v22-v30's one launch; narrower value tiles and 8 warps use fewer registers a thread
+    # (sm_90: 146 / 192 at BV 128 with 4 warps, forward / backward, 62-105 with 8), so more programs per SM hide
+    # the loads' latency; each value column's products are the same in every config (v31)
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv in (32, 64, 128) for nw in (4, 8)], key=["K", "V", "BACKWARD", "IEEE"])
     @triton.jit
     def prep_kernel(k, w, x, do, dv, g, A, Bm, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,
                     IEEE: tl.constexpr):
-        # one program per (chunk, sequence x head): A_c and B_c (x = u) or R_c (x = q)
-        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        # one program per (chunk, sequence x head, value tile): A_c (in the first value tile's program) and the
+        # tile's columns of B_c (x = u) or R_c (x = q)
+        i_t, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         t = i_t * BT + tl.arange(0, BT)
-        kk, vv = tl.arange(0, BK), tl.arange(0, BV)
+        kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
         mt, mk, mv = t < T, kk < K, vv < V
         rows = (i_b * T + t) * H + i_h  # (b, t, h) row of every input
         mtk, mtv = mt[:, None] & mk[None, :], mt[:, None] & mv[None, :]
@@ -998,13 +1004,14 @@ def build_state_kernels() -> dict:
         b_w = tl.load(w + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
         # k~ rounded to k's dtype, as FLA rounds its gated v_new before the state update
         b_ke = (b_k.to(tl.float32) * tl.where(mt, tl.exp2(g_last - b_g), 0.0)[:, None]).to(b_k.dtype)
-        if IEEE:  # fp32 operands, or Triton's CPU interpreter (no bf16 dot): full fp32 products, not TF32
-            kw = tl.dot(tl.trans(b_ke).to(tl.float32), b_w.to(tl.float32), input_precision="ieee")
-        else:
-            kw = tl.dot(tl.trans(b_ke), b_w)
-        b_a = tl.exp2(g_last) * (kk[:, None] == kk[None, :]).to(tl.float32) - kw
         chunk = (i_b * NT + i_t) * H + i_h
-        tl.store(A + chunk * K * K + kk[:, None] * K + kk[None, :], b_a, mask=mk[:, None] & mk[None, :])
+        if i_v == 0:
+            if IEEE:  # fp32 operands, or Triton's CPU interpreter (no bf16 dot): full fp32 products, not TF32
+                kw = tl.dot(tl.trans(b_ke).to(tl.float32), b_w.to(tl.float32), input_precision="ieee")
+            else:
+                kw = tl.dot(tl.trans(b_ke), b_w)
+            b_a = tl.exp2(g_last) * (kk[:, None] == kk[None, :]).to(tl.float32) - kw
+            tl.store(A + chunk * K * K + kk[:, None] * K + kk[None, :], b_a, mask=mk[:, None] & mk[None, :])
         if BACKWARD:
             b_q = tl.load(x + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
             b_qg = b_q.to(tl.float32) * tl.where(mt, tl.exp2(b_g), 0.0)[:, None]  # fp32, as FLA's dhu keeps it
@@ -1134,13 +1141,20 @@ def build_state_kernels() -> dict:
                                                          BV=BV, BACKWARD=backward, IEEE=ieee)
         return out
 
-    def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
-              backward: bool, segment: int) -> Tensor:
+    def prep(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
+             backward: bool) -> tuple[Tensor, Tensor]:
+        """Each chunk's (A_c, B_c) (forward, x = u) or (A_c, R_c) (backward, x = q), fp32 (B, T/64, H, K, K / V)."""
         B, T, H, K, NT, BK, ieee = dims(k)
         A = torch.empty(B, NT, H, K, K, device=k.device, dtype=torch.float32)
         Bm = torch.empty(B, NT, H, K, V, device=k.device, dtype=torch.float32)
-        prep_kernel[(NT, B * H)](k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK,
-                                 BV=max(16, triton.next_power_of_2(V)), BACKWARD=backward, IEEE=ieee)
+        prep_kernel[lambda meta: (NT, B * H, triton.cdiv(V, meta["BV"]))](
+            k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK, BACKWARD=backward, IEEE=ieee)
+        return A, Bm
+
+    def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
+              backward: bool, segment: int) -> Tensor:
+        B, T, H, K, NT, BK, ieee = dims(k)
+        A, Bm = prep(k, w, x, do, dv, g, V, scale, backward)
         S = torch.empty(B, NT, H, K, V, device=k.device, dtype=k.dtype)
         NC = segment if 0 < segment < NT else NT  # chunks per segment
         nseg = triton.cdiv(NT, NC)
@@ -1177,7 +1191,7 @@ def build_state_kernels() -> dict:
         dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True, segment=segment)
         return dh, epilogue(k, dh, dv, g, backward=True)
 
-    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu,
+    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu, "prep": prep,
             "kernels": {"prep": prep_kernel, "chain": chain_kernel, "scan": chain_scan_kernel,
                         "epilogue": epilogue_kernel}}
 

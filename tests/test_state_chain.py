@@ -46,6 +46,19 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
                 e_ref, e_fla = rel(a.double(), r), rel(a, f)
                 print(B, T, H, K, V, decay, segment, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e}")
                 assert e_ref < 1e-5 and e_fla < 1e-5, (name, segment, e_ref, e_fla)
+        # each config of the chunk-parallel part held alone (v31: value tiles of 32 / 64 / 128 in the grid, the
+        # first tile's program also forming A_c), where the autotuner above may have picked any one of them
+        prep, kept = sc.kernels["prep"], sc.kernels["prep"].configs
+        for cfg in kept:
+            prep.configs = [cfg]
+            prep.cache.clear()
+            ours = (*sc.fwd_h(k, w, u, g), *sc.bwd_dhu(q, k, w, g, do, dv, scale))
+            for name, a, r in zip(("h", "v_new", "dh", "dv2"), ours, ref):
+                e_ref = rel(a.double(), r)
+                print(B, T, H, K, V, decay, "prep", cfg, name, f"vs fp64 {e_ref:.1e}")
+                assert e_ref < 1e-5, (name, str(cfg), e_ref)
+        prep.configs = kept
+        prep.cache.clear()
     print("ok")
 """)
 
@@ -111,8 +124,12 @@ SM90 = SM90_HELPER + textwrap.dedent("""
     scan = {"X": "*fp32", "Y": "*fp32", "NSEG": "i32"}
     epi = {**ptr("X S base".split(), "*bf16"), "g": "*fp32", "out": "*bf16", "T": "i32", "NT": "i32"}
     for backward in (False, True):
-        print("sm90 prep", backward, compile_sm90(sc.kernels["prep"], prep, dict(shape, BT=64, BV=128,
-                                                                              BACKWARD=backward, IEEE=False)))
+        for cfg in sc.kernels["prep"].configs:  # every config the autotuner may pick (v31)
+            used = compile_sm90(sc.kernels["prep"].fn, prep, dict(shape, BT=64, BACKWARD=backward, IEEE=False,
+                                                                   **cfg.kwargs),
+                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            print("sm90 prep", cfg, backward, used)
+            assert " 0 bytes spill stores" in used, (cfg, backward, used)
         print("sm90 epilogue", backward, compile_sm90(sc.kernels["epilogue"], epi, dict(shape, BT=64, BV=64,
                                                                                      BACKWARD=backward, IEEE=False)))
         used = compile_sm90(sc.kernels["scan"], scan, dict(shape, BV=32, REVERSE=backward, IEEE=False))
@@ -134,7 +151,7 @@ def test_kernels_compile_for_hopper():
     every chain config, compiled for sm_90 and assembled by ptxas on this machine (no GPU)."""
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
-    assert r.stdout.count("sm90 chain") == 108 and r.stdout.count("sm90 prep") == 2
+    assert r.stdout.count("sm90 chain") == 108 and r.stdout.count("sm90 prep") == 12
     assert r.stdout.count("sm90 scan") == 2
 
 

@@ -59,6 +59,8 @@ def test_positive_ints():
     ("gpu/bench_state_chain.py", ["--segments", "-4"], "--segments '-4': expected comma-separated whole"),
     ("gpu/bench_state_chain.py", ["--iters", "0"], "--iters 0: expected a positive integer"),
     ("gpu/bench_state_chain.py", ["--flush-mib", "0"], "--flush-mib 0: expected a positive integer"),
+    ("gpu/bench_state_prep.py", ["--shapes", "2x100"], "--shapes '2x100': expected comma-separated BxT"),
+    ("gpu/bench_state_prep.py", ["--flush-mib", "0"], "--flush-mib 0: expected a positive integer"),
     ("gpu/bench_wy_bwd.py", ["--shapes", "2x100"], "--shapes '2x100': expected comma-separated BxT"),
     ("gpu/bench_wy_bwd.py", ["--reference-shape", "1x64,2x64"], "--reference-shape '1x64,2x64': expected one"),
     ("gpu/bench_wy_bwd.py", ["--iters", "0"], "--iters 0: expected a positive integer"),

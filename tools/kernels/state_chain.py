@@ -4,6 +4,7 @@ product per chunk (the derivation is in that function's docstring), here for the
 float64 step-by-step reference of both recurrences.
 
     fwd_h(k, w, u, g) -> (h, v_new)          bwd_dhu(q, k, w, g, do, dv, scale) -> (dh, dv2)
+    prep(k, w, x, do, dv, g, V, scale, backward) -> (A, B)   (the chunk-parallel part; x = u forward, q backward)
     kernels: {"prep", "chain", "epilogue"}  (the Triton kernels, for the sm_90 compile test)
     script: train_gpt_gdn.py as loaded here (one copy for the checks and the benchmark)
 
@@ -23,6 +24,7 @@ from tools.gpu.cuda_model import load_script_file
 script = load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.py", "train_gpt_gdn_state_kernels")
 _built = script.build_state_kernels()
 fwd_h, bwd_dhu, v_new, kernels = _built["fwd_h"], _built["bwd_dhu"], _built["v_new"], _built["kernels"]
+prep = _built["prep"]  # (A_c, B_c / R_c) of each chunk: the chunk-parallel part alone (tools/gpu/bench_state_prep.py)
 
 
 def reference(q, k, w, u, g, do, dv, scale, chunk=64):
