@@ -980,11 +980,12 @@ def build_state_kernels() -> dict:
     import triton
     import triton.language as tl
 
-    # BV 128 with 4 warps was v22-v30's one launch; narrower value tiles and 8 warps use fewer registers a thread
-    # (sm_90: 146 / 192 at BV 128 with 4 warps, forward / backward, 62-105 with 8), so more programs per SM hide
-    # the loads' latency; each value column's products are the same in every config (v31)
-    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
-                              for bv in (32, 64, 128) for nw in (4, 8)], key=["K", "V", "BACKWARD", "IEEE"])
+    # v31: BV 128 (one value tile at V = 84) was v22-v30's one launch; the backward runs 0.87-0.90x of it in two
+    # 64-column tiles (H200: 192 -> 122 registers a thread), the forward 1.5x slower (A_c formed in one of them,
+    # k and w loaded by both). Each value column's products are the same in both; 32-column tiles and 8 warps were
+    # slower at every study shape (PERF_NOTES v31)
+    @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in (64, 128)],
+                     key=["K", "V", "BACKWARD", "IEEE"])
     @triton.jit
     def prep_kernel(k, w, x, do, dv, g, A, Bm, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,

@@ -46,8 +46,8 @@ CHECK = INTERP_PATCHES + textwrap.dedent("""
                 e_ref, e_fla = rel(a.double(), r), rel(a, f)
                 print(B, T, H, K, V, decay, segment, name, f"vs fp64 {e_ref:.1e} vs fla {e_fla:.1e}")
                 assert e_ref < 1e-5 and e_fla < 1e-5, (name, segment, e_ref, e_fla)
-        # each config of the chunk-parallel part held alone (v31: value tiles of 32 / 64 / 128 in the grid, the
-        # first tile's program also forming A_c), where the autotuner above may have picked any one of them
+        # each config of the chunk-parallel part held alone (v31: value tiles of 64 or 128 in the grid, the first
+        # tile's program also forming A_c), where the autotuner above may have picked either
         prep, kept = sc.kernels["prep"], sc.kernels["prep"].configs
         for cfg in kept:
             prep.configs = [cfg]
@@ -151,7 +151,7 @@ def test_kernels_compile_for_hopper():
     every chain config, compiled for sm_90 and assembled by ptxas on this machine (no GPU)."""
     r = run_with_triton(SM90, interpret=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-4000:]
-    assert r.stdout.count("sm90 chain") == 108 and r.stdout.count("sm90 prep") == 12
+    assert r.stdout.count("sm90 chain") == 108 and r.stdout.count("sm90 prep") == 4
     assert r.stdout.count("sm90 scan") == 2
 
 

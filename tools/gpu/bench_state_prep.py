@@ -1,6 +1,7 @@
 """The chunk-parallel part of our state recurrences (train_gpt_gdn.build_state_kernels' prep_kernel: each chunk's
 A_c and B_c forward, A_c and R_c backward; v31) timed in each of its autotune configs at the study's micro-batch
-shapes, against v22-v30's one launch (value tiles of 128, 4 warps; v31 adds narrower tiles in the grid and 8 warps).
+shapes, against v22-v30's one launch (value tiles of 128, 4 warps; v31 adds 64-column tiles in the grid; 32-column
+tiles and 8 warps, timed in the thirty-fourth session, were slower at every shape).
 
 For each shape and direction: every config's ms per call (one CUDA graph of --iters calls; warm, and L2-cold after a
 write of --flush-mib MiB whose own time is subtracted), its ratio to the v30 launch, and its largest relative
