@@ -980,10 +980,10 @@ def build_state_kernels() -> dict:
     import triton
     import triton.language as tl
 
-    # v31: BV 128 (one value tile at V = 84) was v22-v30's one launch; the backward runs 0.87-0.90x of it in two
-    # 64-column tiles (H200: 192 -> 122 registers a thread), the forward 1.5x slower (A_c formed in one of them,
-    # k and w loaded by both). Each value column's products are the same in both; 32-column tiles and 8 warps were
-    # slower at every study shape (PERF_NOTES v31)
+    # v31: BV 128 (one value tile at V = 84) was v22-v30's one launch; on an H200 the backward runs 0.87-0.90x of it
+    # in two 64-column tiles (sm_90 build: 192 -> 122 registers a thread), the forward 1.5x slower (A_c formed in
+    # one of them, k and w loaded by both). Each value column's products are the same in both; 32-column tiles and
+    # 8 warps were slower at every study shape (PERF_NOTES v31)
     @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in (64, 128)],
                      key=["K", "V", "BACKWARD", "IEEE"])
     @triton.jit
