@@ -976,7 +976,8 @@ def build_state_kernels() -> dict:
     (K x K) @ (K x BV) product a step (FLA's walk chains two products forward, three backward, each a step of
     512 at 32k), and a chunk-parallel epilogue forms v_new = u - w h_c or dv2 = dv + 2^(g_last - g) (k D_c) with
     bf16 operands and fp32 accumulation, as FLA does. Layouts and dtypes are FLA's: (B, T, H, .) inputs, states
-    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "prep", "kernels"}."""
+    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "prep", "prep_candidates",
+    "kernels"}."""
     import triton
     import triton.language as tl
 
@@ -989,10 +990,15 @@ def build_state_kernels() -> dict:
     @triton.jit
     def prep_kernel(k, w, x, do, dv, g, A, Bm, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,
-                    IEEE: tl.constexpr):
+                    IEEE: tl.constexpr, TILE_FAST: tl.constexpr = 0):
         # one program per (chunk, sequence x head, value tile): A_c (in the first value tile's program) and the
-        # tile's columns of B_c (x = u) or R_c (x = q)
-        i_t, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        # tile's columns of B_c (x = u) or R_c (x = q). TILE_FAST (prep_candidates, not timed yet): the value tile
+        # as the fastest grid axis, so that a chunk's tiles run side by side and find its k, w, q in L2, and the
+        # backward's later tiles without k's load
+        if TILE_FAST:
+            i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        else:
+            i_t, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         t = i_t * BT + tl.arange(0, BT)
         kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
@@ -1001,7 +1007,11 @@ def build_state_kernels() -> dict:
         mtk, mtv = mt[:, None] & mk[None, :], mt[:, None] & mv[None, :]
         g_last = tl.load(g + (i_b * T + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
         b_g = tl.load(g + rows, mask=mt, other=0.0)
-        b_k = tl.load(k + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
+        if BACKWARD and TILE_FAST:  # backward, k~ only feeds A_c: the later tiles' programs skip loading k
+            mkk = mtk & (i_v == 0)
+        else:
+            mkk = mtk
+        b_k = tl.load(k + rows[:, None] * K + kk[None, :], mask=mkk, other=0.0)
         b_w = tl.load(w + rows[:, None] * K + kk[None, :], mask=mtk, other=0.0)
         # k~ rounded to k's dtype, as FLA rounds its gated v_new before the state update
         b_ke = (b_k.to(tl.float32) * tl.where(mt, tl.exp2(g_last - b_g), 0.0)[:, None]).to(b_k.dtype)
@@ -1148,8 +1158,11 @@ def build_state_kernels() -> dict:
         B, T, H, K, NT, BK, ieee = dims(k)
         A = torch.empty(B, NT, H, K, K, device=k.device, dtype=torch.float32)
         Bm = torch.empty(B, NT, H, K, V, device=k.device, dtype=torch.float32)
-        prep_kernel[lambda meta: (NT, B * H, triton.cdiv(V, meta["BV"]))](
-            k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK, BACKWARD=backward, IEEE=ieee)
+        def grid(meta):
+            tiles = triton.cdiv(V, meta["BV"])
+            return (tiles, NT, B * H) if meta.get("TILE_FAST", 0) else (NT, B * H, tiles)
+        prep_kernel[grid](k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK, BACKWARD=backward,
+                          IEEE=ieee)
         return A, Bm
 
     def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
@@ -1192,7 +1205,10 @@ def build_state_kernels() -> dict:
         dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True, segment=segment)
         return dh, epilogue(k, dh, dv, g, backward=True)
 
-    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu, "prep": prep,
+    # configs for tools/gpu/bench_state_prep.py to time beside prep_kernel's own before any is adopted (a config can
+    # fault on the GPU and pass every CPU check: v30's did)
+    prep_candidates = [triton.Config({"BV": bv, "TILE_FAST": 1}, num_warps=4, num_stages=1) for bv in (32, 64)]
+    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu, "prep": prep, "prep_candidates": prep_candidates,
             "kernels": {"prep": prep_kernel, "chain": chain_kernel, "scan": chain_scan_kernel,
                         "epilogue": epilogue_kernel}}
 

@@ -12,7 +12,9 @@ v, g, beta through FLA's own intra-chunk forward).
 
     python3 tools/gpu/bench_state_prep.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--flush-mib 256]
 
-Lines to read: `prep_config shape:BxT dir:fwd|bwd config:... ms:... cold_ms:... ratio:... max_rel_diff:...` and
+Besides the autotune list, the sweep times the script's prep_candidates (configs not adopted yet, `autotuned:0`).
+Lines to read: `prep_config shape:BxT dir:fwd|bwd config:... ms:... cold_ms:... ratio:... max_rel_diff:...
+autotuned:0|1` and
 `prep_pick shape:BxT dir:... pick:... recurrence_ms:... v30_recurrence_ms:... ratio:...` (last). Prediction:
 PERF_NOTES, v31.
 """
@@ -61,9 +63,26 @@ def held_to(tuner, name: str):
     return Held()
 
 
+class with_candidates:
+    """prep_kernel's autotune list extended by the script's prep_candidates (configs not adopted yet) for the
+    sweep; the autotuner's own pick is made without them (the training run's list)."""
+    def __init__(self, tuner, candidates):
+        self.tuner, self.candidates = tuner, candidates
+
+    def __enter__(self):
+        self.kept = self.tuner.configs
+        self.tuner.configs = list(self.kept) + list(self.candidates)
+        self.tuner.cache.clear()
+
+    def __exit__(self, *exc):
+        self.tuner.configs = self.kept
+        self.tuner.cache.clear()
+
+
 def compare_configs(x: dict[str, torch.Tensor], device: str = "cpu"):
-    """[(direction, config name, max relative difference of A and B from the v30 launch's)] for every config: the
-    bench's check, without timing (tests/test_state_prep.py runs it on the CPU under Triton's interpreter)."""
+    """[(direction, config name, max relative difference of A and B from the v30 launch's)] for every config in
+    the tuner's list (with_candidates: the candidates too): the bench's check, without timing
+    (tests/test_state_prep.py runs it on the CPU under Triton's interpreter)."""
     from tools.kernels import state_chain as sc
     tuner = sc.kernels["prep"]
     rows = []
@@ -86,18 +105,21 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
     flush_ms = timer(flush.zero_, iters=a.iters)
     configs, picks = [], []
+    adopted = {config_name(c) for c in tuner.configs}
     for B, T in shapes:
         x = make_recurrence_inputs(B, T, a.seed, device, dtype)
-        diffs = {(d, n): e for d, n, e in compare_configs(x, device)}
+        with with_candidates(tuner, sc.prep_candidates):
+            diffs = {(d, n): e for d, n, e in compare_configs(x, device)}
         for direction, call, whole in prep_calls(x):
             with held_to(tuner, V30):
                 base, base_cold = warm_cold_ms(timer, call, flush, flush_ms, a.iters)
                 whole_v30 = timer(whole, iters=a.iters)
-            for cfg in list(tuner.configs):
+            for cfg in list(tuner.configs) + list(sc.prep_candidates):
                 name = config_name(cfg)
-                with held_to(tuner, name):
+                with with_candidates(tuner, sc.prep_candidates), held_to(tuner, name):
                     ms, cold = warm_cold_ms(timer, call, flush, flush_ms, a.iters)
-                configs.append((B, T, direction, name, ms, cold, ms / base, diffs[(direction, name)]))
+                configs.append((B, T, direction, name, ms, cold, ms / base, diffs[(direction, name)],
+                                int(name in adopted)))
                 print(f"{B}x{T} {direction} {name}: {ms:.4f} ms ({ms / base:.3f}x the v30 launch's {base:.4f}), "
                       f"cold {cold:.4f} ({cold / base_cold:.3f}x), rel diff {diffs[(direction, name)]:.1e}",
                       flush=True)
@@ -105,9 +127,9 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
             whole_ms = timer(whole, iters=a.iters)  # the pick stays in the tuner's cache for these calls
             tuner.cache.clear()
             picks.append((B, T, direction, pick, whole_ms, whole_v30))
-    for B, T, direction, name, ms, cold, ratio, err in configs:
+    for B, T, direction, name, ms, cold, ratio, err, in_list in configs:
         print(f"prep_config shape:{B}x{T} dir:{direction} config:{name} ms:{ms:.4f} cold_ms:{cold:.4f} "
-              f"ratio:{ratio:.4f} max_rel_diff:{err:.3e}")
+              f"ratio:{ratio:.4f} max_rel_diff:{err:.3e} autotuned:{in_list}")
     for B, T, direction, pick, whole_ms, whole_v30 in picks:
         print(f"prep_pick shape:{B}x{T} dir:{direction} pick:{pick} recurrence_ms:{whole_ms:.4f} "
               f"v30_recurrence_ms:{whole_v30:.4f} ratio:{whole_ms / whole_v30:.4f}")
