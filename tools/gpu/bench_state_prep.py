@@ -21,13 +21,14 @@ PERF_NOTES, v31.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (DK, DV, config_name, each_config, kernel_bench_args,  # noqa: E402
+from tools.gpu.bench_recurrence_tiles import (DK, config_name, each_config, kernel_bench_args,  # noqa: E402
                                               kernel_bench_header, kernel_bench_parser, make_recurrence_inputs,
                                               pick_at_this_shape, wait_or_name, warm_cold_ms)
 
@@ -45,38 +46,34 @@ def prep_calls(x: dict[str, torch.Tensor]):
              lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale))]
 
 
+@contextmanager
 def held_to(tuner, name: str):
-    """The tuner's configs held to the one named (a context for a call), e.g. the v30 launch."""
-    class Held:
-        def __enter__(self):
-            self.kept = tuner.configs
-            match = [c for c in self.kept if config_name(c) == name]
-            if not match:
-                raise ValueError(f"prep_kernel has no config {name} (configs: "
-                                 f"{', '.join(config_name(c) for c in self.kept)})")
-            tuner.configs = match
-            tuner.cache.clear()
-
-        def __exit__(self, *exc):
-            tuner.configs = self.kept
-            tuner.cache.clear()
-    return Held()
+    """The tuner's configs held to the one named while the block runs, e.g. the v30 launch."""
+    kept = tuner.configs
+    match = [c for c in kept if config_name(c) == name]
+    if not match:
+        raise ValueError(f"prep_kernel has no config {name} (configs: {', '.join(config_name(c) for c in kept)})")
+    tuner.configs = match
+    tuner.cache.clear()
+    try:
+        yield
+    finally:
+        tuner.configs = kept
+        tuner.cache.clear()
 
 
-class with_candidates:
-    """prep_kernel's autotune list extended by the script's prep_candidates (configs not adopted yet) for the
-    sweep; the autotuner's own pick is made without them (the training run's list)."""
-    def __init__(self, tuner, candidates):
-        self.tuner, self.candidates = tuner, candidates
-
-    def __enter__(self):
-        self.kept = self.tuner.configs
-        self.tuner.configs = list(self.kept) + list(self.candidates)
-        self.tuner.cache.clear()
-
-    def __exit__(self, *exc):
-        self.tuner.configs = self.kept
-        self.tuner.cache.clear()
+@contextmanager
+def with_candidates(tuner, candidates):
+    """prep_kernel's autotune list extended by the script's prep_candidates (configs not adopted yet) while the
+    block runs, for the sweep; the autotuner's own pick is made without them (the training run's list)."""
+    kept = tuner.configs
+    tuner.configs = list(kept) + list(candidates)
+    tuner.cache.clear()
+    try:
+        yield
+    finally:
+        tuner.configs = kept
+        tuner.cache.clear()
 
 
 def compare_configs(x: dict[str, torch.Tensor], device: str = "cpu"):
