@@ -47,13 +47,10 @@ def prep_calls(x: dict[str, torch.Tensor]):
 
 
 @contextmanager
-def held_to(tuner, name: str):
-    """The tuner's configs held to the one named while the block runs, e.g. the v30 launch."""
+def configs_set(tuner, configs):
+    """The tuner's config list replaced by `configs` while the block runs (its cache cleared on both sides)."""
     kept = tuner.configs
-    match = [c for c in kept if config_name(c) == name]
-    if not match:
-        raise ValueError(f"prep_kernel has no config {name} (configs: {', '.join(config_name(c) for c in kept)})")
-    tuner.configs = match
+    tuner.configs = list(configs)
     tuner.cache.clear()
     try:
         yield
@@ -62,18 +59,19 @@ def held_to(tuner, name: str):
         tuner.cache.clear()
 
 
-@contextmanager
+def held_to(tuner, name: str):
+    """The tuner's configs held to the one named while the block runs, e.g. the v30 launch."""
+    match = [c for c in tuner.configs if config_name(c) == name]
+    if not match:
+        raise ValueError(f"prep_kernel has no config {name} (configs: "
+                         f"{', '.join(config_name(c) for c in tuner.configs)})")
+    return configs_set(tuner, match)
+
+
 def with_candidates(tuner, candidates):
     """prep_kernel's autotune list extended by the script's prep_candidates (configs not adopted yet) while the
     block runs, for the sweep; the autotuner's own pick is made without them (the training run's list)."""
-    kept = tuner.configs
-    tuner.configs = list(kept) + list(candidates)
-    tuner.cache.clear()
-    try:
-        yield
-    finally:
-        tuner.configs = kept
-        tuner.cache.clear()
+    return configs_set(tuner, list(tuner.configs) + list(candidates))
 
 
 def compare_configs(x: dict[str, torch.Tensor], device: str = "cpu"):
