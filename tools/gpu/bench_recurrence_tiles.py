@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -145,23 +146,30 @@ def pick_at_this_shape(tuner, call):
     return out, config_name(tuner.best_config)
 
 
+@contextmanager
+def configs_set(tuner, configs):
+    """The tuner's config list replaced by `configs` while the block runs (its cache cleared on both sides)."""
+    kept = tuner.configs
+    tuner.configs = list(configs)
+    tuner.cache.clear()
+    try:
+        yield
+    finally:
+        tuner.configs = kept
+        tuner.cache.clear()
+
+
 def each_config(tuner, call, device="cpu"):
     """[(config name, call()'s outputs)] with the tuner held to one config at a time: a config that miscompiles
     (Triton on Hopper has done so for kernels of this kind: FLA issues 640, 984) shows here even where the
     autotuner does not pick it at the shapes timed, though a run at another shape might. On CUDA each call is
     waited for, so that a fault is raised naming its config (the v30 bench's illegal access was not)."""
-    kept = tuner.configs
-    try:
-        out = []
-        for cfg in kept:
-            tuner.configs = [cfg]
-            tuner.cache.clear()
+    out = []
+    for cfg in list(tuner.configs):
+        with configs_set(tuner, [cfg]):
             out.append((config_name(cfg), call()))
             wait_or_name(device, f"our config {config_name(cfg)}")
-        return out
-    finally:
-        tuner.configs = kept
-        tuner.cache.clear()
+    return out
 
 
 def wait_or_name(device, what: str) -> None:

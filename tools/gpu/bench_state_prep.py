@@ -21,16 +21,16 @@ PERF_NOTES, v31.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.checks import graph_ms, rel  # noqa: E402
-from tools.gpu.bench_recurrence_tiles import (DK, config_name, each_config, kernel_bench_args,  # noqa: E402
-                                              kernel_bench_header, kernel_bench_parser, make_recurrence_inputs,
-                                              pick_at_this_shape, wait_or_name, warm_cold_ms)
+from tools.gpu.bench_recurrence_tiles import (DK, config_name, configs_set, each_config,  # noqa: E402
+                                              kernel_bench_args, kernel_bench_header, kernel_bench_parser,
+                                              make_recurrence_inputs, pick_at_this_shape, wait_or_name,
+                                              warm_cold_ms)
 
 V30 = "BV128_w4_s1"  # v22-v30's launch: one value tile of 128 columns, 4 warps (no loop: stages change nothing)
 
@@ -44,19 +44,6 @@ def prep_calls(x: dict[str, torch.Tensor]):
              lambda: sc.fwd_h(x["k"], x["w"], x["u"], x["g"])),
             ("bwd", lambda: sc.prep(x["k"], x["w"], x["q"], x["do"], x["dv"], x["g"], V, scale, True),
              lambda: sc.bwd_dhu(x["q"], x["k"], x["w"], x["g"], x["do"], x["dv"], scale))]
-
-
-@contextmanager
-def configs_set(tuner, configs):
-    """The tuner's config list replaced by `configs` while the block runs (its cache cleared on both sides)."""
-    kept = tuner.configs
-    tuner.configs = list(configs)
-    tuner.cache.clear()
-    try:
-        yield
-    finally:
-        tuner.configs = kept
-        tuner.cache.clear()
 
 
 def held_to(tuner, name: str):
