@@ -976,29 +976,25 @@ def build_state_kernels() -> dict:
     (K x K) @ (K x BV) product a step (FLA's walk chains two products forward, three backward, each a step of
     512 at 32k), and a chunk-parallel epilogue forms v_new = u - w h_c or dv2 = dv + 2^(g_last - g) (k D_c) with
     bf16 operands and fp32 accumulation, as FLA does. Layouts and dtypes are FLA's: (B, T, H, .) inputs, states
-    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "prep", "prep_candidates",
-    "kernels"}."""
+    (B, T/64, H, K, V) in k's dtype. Returns {"v_new", "fwd_h", "bwd_dhu", "prep", "kernels"}."""
     import triton
     import triton.language as tl
 
-    # v31: BV 128 (one value tile at V = 84) was v22-v30's one launch; on an H200 the backward runs 0.87-0.90x of it
-    # in two 64-column tiles (sm_90 build: 192 -> 122 registers a thread), the forward 1.5x slower (A_c formed in
-    # one of them, k and w loaded by both). Each value column's products are the same in both; 32-column tiles and
-    # 8 warps were slower at every study shape (PERF_NOTES v31)
+    # v31: BV 128 (one value tile at V = 84) was v22-v30's one launch; on an H200 the backward runs faster in two
+    # 64-column tiles (sm_90 build: 192 -> 122 registers a thread), the forward 1.5x slower (A_c formed in one of
+    # them, k and w loaded by both). v32: the value tile is the fastest grid axis, so a chunk's tiles run side by
+    # side and find its k, w, q in L2, and the backward's later tiles skip k: 0.80x of v30's launch at 2x32768
+    # (v31's order 0.91x). Each value column's products are the same in every config; 32-column tiles and 8 warps
+    # were slower at every study shape (PERF_NOTES v31, v32)
     @triton.autotune(configs=[triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in (64, 128)],
                      key=["K", "V", "BACKWARD", "IEEE"])
     @triton.jit
     def prep_kernel(k, w, x, do, dv, g, A, Bm, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BACKWARD: tl.constexpr,
-                    IEEE: tl.constexpr, TILE_FAST: tl.constexpr = 0):
-        # one program per (chunk, sequence x head, value tile): A_c (in the first value tile's program) and the
-        # tile's columns of B_c (x = u) or R_c (x = q). TILE_FAST (prep_candidates, not timed yet): the value tile
-        # as the fastest grid axis, so that a chunk's tiles run side by side and find its k, w, q in L2, and the
-        # backward's later tiles without k's load
-        if TILE_FAST:
-            i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        else:
-            i_t, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                    IEEE: tl.constexpr):
+        # one program per (value tile, chunk, sequence x head): A_c (in the first value tile's program) and the
+        # tile's columns of B_c (x = u) or R_c (x = q)
+        i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         t = i_t * BT + tl.arange(0, BT)
         kk, vv = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
@@ -1007,7 +1003,7 @@ def build_state_kernels() -> dict:
         mtk, mtv = mt[:, None] & mk[None, :], mt[:, None] & mv[None, :]
         g_last = tl.load(g + (i_b * T + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
         b_g = tl.load(g + rows, mask=mt, other=0.0)
-        if BACKWARD and TILE_FAST:  # backward, k~ only feeds A_c: the later tiles' programs skip loading k
+        if BACKWARD:  # backward, k~ only feeds A_c: the later tiles' programs skip loading k
             mkk = mtk & (i_v == 0)
         else:
             mkk = mtk
@@ -1158,11 +1154,8 @@ def build_state_kernels() -> dict:
         B, T, H, K, NT, BK, ieee = dims(k)
         A = torch.empty(B, NT, H, K, K, device=k.device, dtype=torch.float32)
         Bm = torch.empty(B, NT, H, K, V, device=k.device, dtype=torch.float32)
-        def grid(meta):
-            tiles = triton.cdiv(V, meta["BV"])
-            return (tiles, NT, B * H) if meta.get("TILE_FAST", 0) else (NT, B * H, tiles)
-        prep_kernel[grid](k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK, BACKWARD=backward,
-                          IEEE=ieee)
+        prep_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, B * H)](
+            k, w, x, do, dv, g, A, Bm, scale, T, NT, H=H, K=K, V=V, BT=C, BK=BK, BACKWARD=backward, IEEE=ieee)
         return A, Bm
 
     def chain(k: Tensor, w: Tensor, x: Tensor, do: Tensor, dv: Tensor, g: Tensor, V: int, scale: float,
@@ -1205,10 +1198,7 @@ def build_state_kernels() -> dict:
         dh = chain(k, w, q, do, dv, g, do.size(-1), scale, backward=True, segment=segment)
         return dh, epilogue(k, dh, dv, g, backward=True)
 
-    # configs for tools/gpu/bench_state_prep.py to time beside prep_kernel's own before any is adopted (a config can
-    # fault on the GPU and pass every CPU check: v30's did)
-    prep_candidates = [triton.Config({"BV": bv, "TILE_FAST": 1}, num_warps=4, num_stages=1) for bv in (32, 64)]
-    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu, "prep": prep, "prep_candidates": prep_candidates,
+    return {"v_new": v_new, "fwd_h": fwd_h, "bwd_dhu": bwd_dhu, "prep": prep,
             "kernels": {"prep": prep_kernel, "chain": chain_kernel, "scan": chain_scan_kernel,
                         "epilogue": epilogue_kernel}}
 

@@ -1,7 +1,8 @@
 """The chunk-parallel part of our state recurrences (train_gpt_gdn.build_state_kernels' prep_kernel: each chunk's
-A_c and B_c forward, A_c and R_c backward; v31) timed in each of its autotune configs at the study's micro-batch
-shapes, against v22-v30's one launch (value tiles of 128, 4 warps; v31 adds 64-column tiles in the grid; 32-column
-tiles and 8 warps, timed in the thirty-fourth session, were slower at every shape).
+A_c and B_c forward, A_c and R_c backward; v31, v32) timed in each of its autotune configs at the study's micro-batch
+shapes, against v22-v30's one launch (value tiles of 128, 4 warps; v31 adds 64-column tiles in the grid, v32 makes
+the tile the fastest grid axis; 32-column tiles and 8 warps, timed in the thirty-fourth and thirty-fifth sessions,
+were slower at every shape).
 
 For each shape and direction: every config's ms per call (one CUDA graph of --iters calls; warm, and L2-cold after a
 write of --flush-mib MiB whose own time is subtracted), its ratio to the v30 launch, and its largest relative
@@ -12,11 +13,9 @@ v, g, beta through FLA's own intra-chunk forward).
 
     python3 tools/gpu/bench_state_prep.py [--shapes 2x32768,3x16384,6x8192] [--iters 20] [--flush-mib 256]
 
-Besides the autotune list, the sweep times the script's prep_candidates (configs not adopted yet, `autotuned:0`).
-Lines to read: `prep_config shape:BxT dir:fwd|bwd config:... ms:... cold_ms:... ratio:... max_rel_diff:...
-autotuned:0|1` and
+Lines to read: `prep_config shape:BxT dir:fwd|bwd config:... ms:... cold_ms:... ratio:... max_rel_diff:...` and
 `prep_pick shape:BxT dir:... pick:... recurrence_ms:... v30_recurrence_ms:... ratio:...` (last). Prediction:
-PERF_NOTES, v31.
+PERF_NOTES, v31 and v32.
 """
 from __future__ import annotations
 
@@ -55,15 +54,9 @@ def held_to(tuner, name: str):
     return configs_set(tuner, match)
 
 
-def with_candidates(tuner, candidates):
-    """prep_kernel's autotune list extended by the script's prep_candidates (configs not adopted yet) while the
-    block runs, for the sweep; the autotuner's own pick is made without them (the training run's list)."""
-    return configs_set(tuner, list(tuner.configs) + list(candidates))
-
-
 def compare_configs(x: dict[str, torch.Tensor], device: str = "cpu"):
     """[(direction, config name, max relative difference of A and B from the v30 launch's)] for every config in
-    the tuner's list (with_candidates: the candidates too): the bench's check, without timing
+    the tuner's list: the bench's check, without timing
     (tests/test_state_prep.py runs it on the CPU under Triton's interpreter)."""
     from tools.kernels import state_chain as sc
     tuner = sc.kernels["prep"]
@@ -87,21 +80,18 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
     flush = torch.empty(a.flush_mib * 2**20, dtype=torch.uint8, device=device)
     flush_ms = timer(flush.zero_, iters=a.iters)
     configs, picks = [], []
-    adopted = {config_name(c) for c in tuner.configs}
     for B, T in shapes:
         x = make_recurrence_inputs(B, T, a.seed, device, dtype)
-        with with_candidates(tuner, sc.prep_candidates):
-            diffs = {(d, n): e for d, n, e in compare_configs(x, device)}
+        diffs = {(d, n): e for d, n, e in compare_configs(x, device)}
         for direction, call, whole in prep_calls(x):
             with held_to(tuner, V30):
                 base, base_cold = warm_cold_ms(timer, call, flush, flush_ms, a.iters)
                 whole_v30 = timer(whole, iters=a.iters)
-            for cfg in list(tuner.configs) + list(sc.prep_candidates):
+            for cfg in list(tuner.configs):
                 name = config_name(cfg)
-                with with_candidates(tuner, sc.prep_candidates), held_to(tuner, name):
+                with held_to(tuner, name):
                     ms, cold = warm_cold_ms(timer, call, flush, flush_ms, a.iters)
-                configs.append((B, T, direction, name, ms, cold, ms / base, diffs[(direction, name)],
-                                int(name in adopted)))
+                configs.append((B, T, direction, name, ms, cold, ms / base, diffs[(direction, name)]))
                 print(f"{B}x{T} {direction} {name}: {ms:.4f} ms ({ms / base:.3f}x the v30 launch's {base:.4f}), "
                       f"cold {cold:.4f} ({cold / base_cold:.3f}x), rel diff {diffs[(direction, name)]:.1e}",
                       flush=True)
@@ -109,9 +99,9 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
             whole_ms = timer(whole, iters=a.iters)  # the pick stays in the tuner's cache for these calls
             tuner.cache.clear()
             picks.append((B, T, direction, pick, whole_ms, whole_v30))
-    for B, T, direction, name, ms, cold, ratio, err, in_list in configs:
+    for B, T, direction, name, ms, cold, ratio, err in configs:
         print(f"prep_config shape:{B}x{T} dir:{direction} config:{name} ms:{ms:.4f} cold_ms:{cold:.4f} "
-              f"ratio:{ratio:.4f} max_rel_diff:{err:.3e} autotuned:{in_list}")
+              f"ratio:{ratio:.4f} max_rel_diff:{err:.3e}")
     for B, T, direction, pick, whole_ms, whole_v30 in picks:
         print(f"prep_pick shape:{B}x{T} dir:{direction} pick:{pick} recurrence_ms:{whole_ms:.4f} "
               f"v30_recurrence_ms:{whole_v30:.4f} ratio:{whole_ms / whole_v30:.4f}")

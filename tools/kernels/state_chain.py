@@ -25,7 +25,6 @@ script = load_script_file(Path(__file__).resolve().parents[2] / "train_gpt_gdn.p
 _built = script.build_state_kernels()
 fwd_h, bwd_dhu, v_new, kernels = _built["fwd_h"], _built["bwd_dhu"], _built["v_new"], _built["kernels"]
 prep = _built["prep"]  # (A_c, B_c / R_c) of each chunk: the chunk-parallel part alone (tools/gpu/bench_state_prep.py)
-prep_candidates = _built["prep_candidates"]  # prep_kernel configs not in its autotune list yet (bench_state_prep.py)
 
 
 def reference(q, k, w, u, g, do, dv, scale, chunk=64):
