@@ -1,6 +1,7 @@
 """tools/bench_step_time.py: FLOP model and a tiny end-to-end run on CPU whose probe lines the log tool reads."""
 
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -117,9 +118,23 @@ def test_ab_session_runs_items_in_order(tmp_path):
     assert (out / "DONE").exists()
 
 
+FAKE_SMI = """#!/usr/bin/env bash
+# nvidia-smi for the test: the newer field name refused, as an older driver does; samples every 0.1 s at the cap
+case "$*" in *clocks_event_reasons*) echo 'Field "clocks_event_reasons.active" is not a valid field'; exit 2 ;; esac
+case "$*" in *clocks_throttle_reasons*) ;; *) exit 2 ;; esac
+case "$*" in *-lms*) while :; do echo "$(date -u '+%Y/%m/%d %H:%M:%S.%3N'), 1755, 690.50, 700.00, 48, 0x0000000000000004"
+  sleep 0.1; done ;; *) echo 0x0000000000000000 ;; esac
+"""
+
+
 def test_ab_session_repeat_alternates_order(tmp_path):
     """REPEAT=2 runs the items twice, the second round in reverse order (new, old, old, new); a bad REPEAT or
-    BENCH_TIMEOUT is refused before any run."""
+    BENCH_TIMEOUT is refused before any run. With an nvidia-smi on the PATH (a fake one of an older driver here), each
+    run's times go to runs.txt and its clock and power to power.txt, one line per run."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
     subprocess.run([sys.executable, str(ROOT / "data/make_synthetic_dataset.py"), "--out", str(tmp_path / "data"),
                     "--train-tokens", "100000", "--val-tokens", "10000"], check=True, capture_output=True)
     env = dict(os.environ, BATCH_TOKENS="2048", STEPS="4", REPEAT="x",
@@ -138,6 +153,18 @@ def test_ab_session_repeat_alternates_order(tmp_path):
     labels = [ln.rsplit("version:", 1)[1] for ln in (out / "probes.txt").read_text().splitlines()]
     assert labels == ["new", "old", "old", "new"]
     assert (out / "bench_new_baseline_128.txt").exists() and (out / "bench_new_baseline_128_r2.txt").exists()
+    if shutil.which("nvidia-smi") is None:
+        assert not (out / "power.csv").exists()  # no nvidia-smi on the PATH: no sampler
+    env["PATH"] = f"{smi.parent}:{env['PATH']}"
+    r = subprocess.run(["bash", script, str(out), *items], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = [ln.split()[:4] for ln in (out / "runs.txt").read_text().splitlines()]
+    assert runs == [["new", "baseline", "128", "1"], ["old", "baseline", "128", "1"],
+                    ["old", "baseline", "128", "2"], ["new", "baseline", "128", "2"]]  # this session's runs only
+    power = (out / "power.txt").read_text().splitlines()
+    assert [ln.split()[1] for ln in power] == ["label:new", "label:old", "label:old", "label:new"], power
+    assert all("sm_mhz_mean:1755 " in ln and ln.endswith("sw_power_cap:1.00 hw_slowdown:0.00 thermal:0.00")
+               and int(ln.split("samples:")[1].split()[0]) > 0 for ln in power), power
 
 
 def test_gdn_path_names_each_fla_path():
