@@ -89,7 +89,7 @@ def main(argv=None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, t
                 whole_v30 = timer(whole, iters=a.iters)
             for cfg in list(tuner.configs):
                 name = config_name(cfg)
-                with held_to(tuner, name):
+                with configs_set(tuner, [cfg]):
                     ms, cold = warm_cold_ms(timer, call, flush, flush_ms, a.iters)
                 configs.append((B, T, direction, name, ms, cold, ms / base, diffs[(direction, name)]))
                 print(f"{B}x{T} {direction} {name}: {ms:.4f} ms ({ms / base:.3f}x the v30 launch's {base:.4f}), "
